@@ -1,0 +1,233 @@
+"""The one optimisation loop every inversion method runs in.
+
+    inputs = method.inputs(params, rngs)          # fresh draws where the method is stochastic
+    x_hat  = G.synthesis(**inputs)
+    loss   = sum_i [lambda_mse * MSE(A(x_hat_i), y_i) + lambda_lpips * LPIPS(A(x_hat_i), y_i) + R_i]
+    Adam step (betas 0.9/0.999, per-group LR schedule); method.project(params)
+
+Each image has its own ``torch.Generator`` and its own slice of every tensor, and the loss is a
+sum of per-image terms, so a batch equals the same images inverted one by one.
+
+Long runs write a checkpoint every ``checkpoint_every`` steps (tensors, Adam state, generator
+states, history); ``resume=True`` continues from it and ends with the same tensors as an
+uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+from ..errors import GanInvertError
+from ..io import atomic_torch_save
+from ..models.stylegan2 import StyleGAN2Generator
+from .losses import ReconstructionLoss
+from .methods import Method, make_method
+from .result import InversionResult
+from .schedules import get_schedule
+
+
+@dataclass
+class Progress:
+    """What the callback and the progress bar see after each step."""
+
+    stage: str
+    step: int
+    total: int
+    loss: float
+    psnr: float | None
+
+
+@dataclass
+class _State:
+    params: dict[str, torch.Tensor]
+    stage_index: int = 0
+    step: int = 0
+    global_step: int = 0
+    history: dict[str, list[float]] = field(default_factory=lambda: {"loss": [], "psnr": []})
+    seconds: float = 0.0
+    optimizer_state: dict | None = None
+
+
+def _fingerprint(*parts: Any) -> str:
+    digest = hashlib.sha256()
+    for part in parts:
+        if torch.is_tensor(part):
+            digest.update(part.detach().cpu().contiguous().numpy().tobytes())
+        else:
+            digest.update(repr(part).encode())
+    return digest.hexdigest()[:16]
+
+
+def _psnr(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """PSNR per image of [-1, 1] images mapped to [0, 1] (data range 1)."""
+    mse = ((x - y) / 2).square().reshape(x.shape[0], -1).mean(1)
+    return -10 * torch.log10(mse.clamp_min(1e-12))
+
+
+def invert(G: StyleGAN2Generator, target: torch.Tensor | None, method: str | Method = "w+", *,
+           preset: str | None = None, settings: dict[str, Any] | None = None,
+           operator: Callable[[torch.Tensor], torch.Tensor] | None = None,
+           measurement: torch.Tensor | None = None,
+           seed: int | Sequence[int] = 0, lpips: torch.nn.Module | None = None,
+           checkpoint_path: str | Path | None = None, checkpoint_every: int = 100, resume: bool = False,
+           progress: bool = True, callback: Callable[[Progress], None] | None = None) -> InversionResult:
+    """Invert a batch of images (or measurements of them) into ``G``.
+
+    Args:
+        G: the generator; it is not modified.
+        target: (N, 3, H, W) clean images in [-1, 1] at G's resolution, used for the loss when no
+            ``measurement`` is given and for the PSNR shown during optimisation; may be None when a
+            measurement is given and the clean image is unknown.
+        method: a registered method name (``ganinvert.inversion.methods.list_methods()``) or instance.
+        preset: a preset of that method; ``settings``: overrides of individual settings.
+        operator: forward operator A (``y = A(x)``); identity when None.
+        measurement: y, (N, ...) what A(x_hat) is compared with; ``A(target)`` when None.
+        seed: one seed for every image, or one per image.
+        lpips: an LPIPS module, required when the method's ``lambda_lpips`` > 0 and y is an image.
+        checkpoint_path, checkpoint_every, resume: see the module docstring.
+        progress: show a tqdm bar with loss and PSNR.
+        callback: called with a :class:`Progress` after every step.
+
+    Returns:
+        An :class:`InversionResult` holding every tensor of the method.
+
+    Example:
+        >>> result = invert(G, images, "w+", settings={"steps": 200}, lpips=LPIPS(weights))  # doctest: +SKIP
+        >>> result.render(G).shape  # doctest: +SKIP
+        torch.Size([4, 3, 64, 64])
+    """
+    m = method if isinstance(method, Method) else make_method(method, preset, settings)
+    if target is None and measurement is None:
+        raise GanInvertError("invert needs a target image or a measurement")
+    ref = target if target is not None else measurement
+    n = ref.shape[0]
+    if target is not None:
+        expected = (3, G.resolution, G.resolution)
+        if target.ndim != 4 or tuple(target.shape[1:]) != expected:
+            raise GanInvertError(f"target must be (N, {', '.join(map(str, expected))}), got {tuple(target.shape)}")
+        if not torch.isfinite(target).all():
+            raise GanInvertError("target image contains NaN or infinite values")
+    device = G.w_avg.device
+    A = operator if operator is not None else (lambda x: x)
+    with torch.no_grad():
+        y = (measurement if measurement is not None else A(target)).to(device)
+    if not torch.isfinite(y).all():
+        raise GanInvertError("measurement contains NaN or infinite values")
+    seeds = [int(seed)] * n if isinstance(seed, int) else [int(s) for s in seed]
+    if len(seeds) != n:
+        raise GanInvertError(f"got {len(seeds)} seeds for {n} images")
+    s = m.settings
+    if s.lambda_lpips and lpips is None and y.ndim == 4 and y.shape[1] == 3:
+        raise GanInvertError(f"method {m.name} uses LPIPS (lambda_lpips={s.lambda_lpips}); pass LPIPS weights "
+                             "(--lpips-weights / GANINVERT_LPIPS_WEIGHTS) or set lambda_lpips=0 (--no-lpips)")
+    loss_fn = ReconstructionLoss(s.lambda_mse, s.lambda_lpips, lpips)
+
+    rngs = [torch.Generator().manual_seed(sd) for sd in seeds]
+    source = getattr(G, "source", None)
+    run_id = _fingerprint(m.name, s.to_dict(), seeds, y, getattr(source, "sha256", None), G.config())
+    stages = m.stages(G)
+    state = _State(params=m.init_params(G, target if target is not None else y, rngs))
+    ckpt = Path(checkpoint_path) if checkpoint_path else None
+    if resume and ckpt is not None and ckpt.exists():
+        state = _load_checkpoint(ckpt, run_id, rngs, device)
+
+    total = sum(st.steps for st in stages)
+    bar = tqdm(total=total, initial=state.global_step, disable=not progress, desc=m.name, leave=False,
+               dynamic_ncols=True)
+    try:
+        while state.stage_index < len(stages):
+            stage = stages[state.stage_index]
+            if state.step == 0 and state.optimizer_state is None:
+                m.begin_stage(G, state.params, state.stage_index)
+            for name in stage.names:
+                if name not in state.params:
+                    raise RuntimeError(f"method {m.name} stage {stage.name} optimises unknown tensor {name}")
+            for name, tensor in state.params.items():
+                tensor.requires_grad_(name in stage.names)
+            optimizer = torch.optim.Adam(
+                [{"params": [state.params[nm] for nm in g.names], "lr": g.lr} for g in stage.groups],
+                betas=(0.9, 0.999))
+            if state.optimizer_state is not None:
+                optimizer.load_state_dict(state.optimizer_state)
+                state.optimizer_state = None
+            schedules = [get_schedule(g.schedule) for g in stage.groups]
+            started = time.perf_counter() - state.seconds
+            while state.step < stage.steps:
+                t = state.step / stage.steps
+                for group, spec, sched in zip(optimizer.param_groups, stage.groups, schedules):
+                    group["lr"] = spec.lr * sched(t)
+                inputs = m.inputs(G, state.params, rngs)
+                x_hat = inputs.render(G)
+                per_image, _ = loss_fn(A(x_hat), y)
+                reg = m.regulariser(G, state.params, inputs)
+                if reg is not None:
+                    per_image = per_image + reg
+                optimizer.zero_grad(set_to_none=True)
+                per_image.sum().backward()
+                optimizer.step()
+                m.project(G, state.params, state.stage_index)
+                state.step += 1
+                state.global_step += 1
+                loss_value = float(per_image.detach().mean())
+                psnr = float(_psnr(x_hat.detach(), target).mean()) if target is not None else None
+                state.history["loss"].append(loss_value)
+                state.history["psnr"].append(psnr if psnr is not None else float("nan"))
+                state.seconds = time.perf_counter() - started
+                bar.update(1)
+                if state.global_step % 10 == 0 or state.step == stage.steps:
+                    bar.set_postfix(loss=f"{loss_value:.4f}", psnr="-" if psnr is None else f"{psnr:.2f}",
+                                    refresh=False)
+                if callback is not None:
+                    callback(Progress(stage.name, state.global_step, total, loss_value, psnr))
+                if ckpt is not None and state.global_step % checkpoint_every == 0:
+                    _save_checkpoint(ckpt, run_id, state, optimizer, rngs)
+            state.stage_index += 1
+            state.step = 0
+    finally:
+        bar.close()
+    for tensor in state.params.values():
+        tensor.requires_grad_(False)
+    if ckpt is not None and ckpt.exists():
+        ckpt.unlink()
+    return InversionResult(
+        method=m.name, preset=preset if preset is not None else m.default_preset, settings=s.to_dict(),
+        params={k: v.detach() for k, v in state.params.items()}, seeds=seeds,
+        generator=_generator_record(G), history=state.history, seconds=state.seconds)
+
+
+def _generator_record(G: StyleGAN2Generator) -> dict[str, Any]:
+    source = getattr(G, "source", None)
+    return {"sha256": getattr(source, "sha256", None), "path": getattr(source, "path", None),
+            "config": G.config()}
+
+
+def _save_checkpoint(path: Path, run_id: str, state: _State, optimizer: torch.optim.Optimizer,
+                     rngs: Sequence[torch.Generator]) -> None:
+    atomic_torch_save({
+        "run_id": run_id, "params": {k: v.detach().clone() for k, v in state.params.items()},
+        "stage_index": state.stage_index, "step": state.step, "global_step": state.global_step,
+        "history": state.history, "seconds": state.seconds, "optimizer": optimizer.state_dict(),
+        "rng_states": [g.get_state() for g in rngs],
+    }, path)
+
+
+def _load_checkpoint(path: Path, run_id: str, rngs: Sequence[torch.Generator], device: torch.device) -> _State:
+    try:
+        ck = torch.load(path, map_location=device, weights_only=True)
+    except Exception as exc:  # a checkpoint cut short by a kill mid-write cannot exist (atomic), but a foreign file can
+        raise GanInvertError(f"cannot read checkpoint {path}: {type(exc).__name__}") from None
+    if ck.get("run_id") != run_id:
+        raise GanInvertError(f"checkpoint {path} belongs to a different run (method, settings, seed, image or "
+                             "generator differ); delete it or drop --resume")
+    for g, st in zip(rngs, ck["rng_states"]):
+        g.set_state(st)
+    return _State(params=ck["params"], stage_index=ck["stage_index"], step=ck["step"],
+                  global_step=ck["global_step"], history=ck["history"], seconds=ck["seconds"],
+                  optimizer_state=ck["optimizer"])
