@@ -269,8 +269,10 @@ def demo_command(out: Path, steps: int, seed: int, lpips_weights: str | None, no
 
 
 def _register_optional_commands() -> None:
+    from .evaluation.cli import evaluate_command
     from .training.cli import train_command
     cli.add_command(train_command, "train")
+    cli.add_command(evaluate_command, "evaluate")
 
 
 _register_optional_commands()

@@ -18,14 +18,14 @@ import torch
 
 from ..inversion.result import InversionResult
 from ..io import atomic_write_bytes
-from ..metrics import psnr
+from ..metrics import psnr, ssim
 from ..models.stylegan2 import StyleGAN2Generator
 
 
 @torch.no_grad()
 def latent_robustness(G: StyleGAN2Generator, result: InversionResult, snr_db: Sequence[float], *,
                       trials: int = 8, seed: int = 0, lpips: torch.nn.Module | None = None) -> list[dict]:
-    """One row per (image, SNR level, trial) with ``psnr`` and (if given) ``lpips`` to the clean render."""
+    """One row per (image, SNR level, trial) with ``psnr``, ``ssim`` and (if given) ``lpips`` to the clean render."""
     inputs = result.inputs(G)
     clean = inputs.render(G)
     ws = inputs.ws
@@ -38,7 +38,7 @@ def latent_robustness(G: StyleGAN2Generator, result: InversionResult, snr_db: Se
             noise = torch.randn(ws.shape, generator=g).to(ws)
             inputs.ws = ws + sigma[:, None, None] * noise
             noisy = inputs.render(G)
-            scores = {"psnr": psnr(noisy, clean)}
+            scores = {"psnr": psnr(noisy, clean), "ssim": ssim(noisy, clean)}
             if lpips is not None:
                 scores["lpips"] = lpips(noisy, clean)
             for i in range(ws.shape[0]):
@@ -62,7 +62,7 @@ def write_robustness_outputs(rows: list[dict], out_dir: Path) -> None:
     writer.writeheader()
     writer.writerows(rows)
     atomic_write_bytes(out_dir / "robustness.csv", buf.getvalue().encode())
-    metrics = [k for k in ("psnr", "lpips") if k in rows[0]]
+    metrics = [k for k in ("psnr", "ssim", "lpips") if k in rows[0]]
     levels = sorted({r["snr_db"] for r in rows}, reverse=True)
     fig, axes = plt.subplots(1, len(metrics), figsize=(4.5 * len(metrics), 3.2), dpi=100, squeeze=False)
     for ax, metric in zip(axes[0], metrics):
