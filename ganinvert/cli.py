@@ -147,9 +147,11 @@ def invert_command(images: tuple[Path, ...], generator: str, method: str, preset
         ckpt = out / ".checkpoints" / f"{'+'.join(names)[:100]}.pt"
         result = invert(G, batch, method, preset=preset, settings=settings, seed=seed, lpips=lpips,
                         checkpoint_path=ckpt, checkpoint_every=checkpoint_every, resume=resume)
-        recon = result.render(G)
         for i, name in enumerate(names):
-            metrics = write_inversion_outputs(out / name, batch[i:i + 1], result.select(i), recon[i:i + 1], lpips)
+            single = result.select(i)
+            # Rendered alone, as `ganinvert render` will: a batched rendering can differ in the last
+            # float bits, which may flip a PNG pixel.
+            metrics = write_inversion_outputs(out / name, batch[i:i + 1], single, single.render(G), lpips)
             click.echo(f"{name}: PSNR {metrics['psnr']:.2f} dB, SSIM {metrics['ssim']:.3f}"
                        + (f", LPIPS {metrics['lpips']:.3f}" if "lpips" in metrics else "")
                        + f" ({metrics['seconds']:.1f} s) -> {out / name}")
@@ -288,8 +290,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except click.exceptions.Abort:
         click.echo("ganinvert: aborted", err=True)
         return 130
+    except click.exceptions.NoArgsIsHelpError as exc:  # a bare `ganinvert`: the help, as click shows it
+        click.echo(exc.ctx.get_help(), err=True)
+        return 2
     except click.ClickException as exc:
         click.echo(f"ganinvert: error: {exc.format_message()}", err=True)
+        return 2
+    except OSError as exc:  # an unwritable output folder, a full disk: the user's environment, not a bug
+        click.echo(f"ganinvert: error: {exc}", err=True)
         return 2
     except KeyboardInterrupt:
         click.echo("ganinvert: interrupted", err=True)

@@ -107,7 +107,7 @@ def load_image(path: str | Path, size: int | None = None, fit: str = "crop") -> 
             opened.load()
             img = ImageOps.exif_transpose(opened)
             img = _to_rgb(img)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         reason = "empty file" if path.stat().st_size == 0 else str(exc).splitlines()[0][:120]
         raise ImageError(f"cannot read image {path}: {reason}") from None
     if size is not None:

@@ -108,6 +108,8 @@ def invert(G: StyleGAN2Generator, target: torch.Tensor | None, method: str | Met
         raise GanInvertError("invert needs a target image or a measurement")
     ref = target if target is not None else measurement
     n = ref.shape[0]
+    if target is not None and measurement is not None and measurement.shape[0] != n:
+        raise GanInvertError(f"got {measurement.shape[0]} measurements for {n} target images")
     if target is not None:
         expected = (3, G.resolution, G.resolution)
         if target.ndim != 4 or tuple(target.shape[1:]) != expected:
@@ -116,6 +118,8 @@ def invert(G: StyleGAN2Generator, target: torch.Tensor | None, method: str | Met
             raise GanInvertError("target image contains NaN or infinite values")
     device = G.w_avg.device
     A = operator if operator is not None else (lambda x: x)
+    if target is not None:
+        target = target.to(device)
     with torch.no_grad():
         y = (measurement if measurement is not None else A(target)).to(device)
     if not torch.isfinite(y).all():
@@ -133,7 +137,10 @@ def invert(G: StyleGAN2Generator, target: torch.Tensor | None, method: str | Met
     source = getattr(G, "source", None)
     run_id = _fingerprint(m.name, s.to_dict(), seeds, y, getattr(source, "sha256", None), G.config())
     stages = m.stages(G)
-    state = _State(params=m.init_params(G, target if target is not None else y, rngs))
+    if getattr(m, "lpips", False) is None:
+        m.lpips = lpips  # methods with LPIPS-based regularisers or error maps share the engine's module
+    # With a forward operator the method sees only the measurement, never the clean image.
+    state = _State(params=m.init_params(G, target if operator is None and target is not None else y, rngs))
     ckpt = Path(checkpoint_path) if checkpoint_path else None
     if resume and ckpt is not None and ckpt.exists():
         state = _load_checkpoint(ckpt, run_id, rngs, device)
@@ -227,7 +234,7 @@ def _load_checkpoint(path: Path, run_id: str, rngs: Sequence[torch.Generator], d
         raise GanInvertError(f"checkpoint {path} belongs to a different run (method, settings, seed, image or "
                              "generator differ); delete it or drop --resume")
     for g, st in zip(rngs, ck["rng_states"]):
-        g.set_state(st)
+        g.set_state(st.cpu())  # CPU generators; map_location may have moved their states
     return _State(params=ck["params"], stage_index=ck["stage_index"], step=ck["step"],
                   global_step=ck["global_step"], history=ck["history"], seconds=ck["seconds"],
                   optimizer_state=ck["optimizer"])

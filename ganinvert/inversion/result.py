@@ -103,7 +103,9 @@ class InversionResult:
             raise GanInvertError(f"result not found: {path} and {meta_path.name} beside it are both needed")
         try:
             meta = json.loads(meta_path.read_text())
-            params = load_file(str(path))
+            # Fresh (aligned) copies: safetensors' buffers can be misaligned, which makes CPU kernels
+            # take other vectorised paths and the render differ from the saved run's in the last bits.
+            params = {k: v.clone() for k, v in load_file(str(path)).items()}
         except (json.JSONDecodeError, SafetensorError, OSError, UnicodeDecodeError) as exc:
             raise GanInvertError(f"cannot read result {path}: {str(exc).splitlines()[0][:120]}") from None
         if meta.get("format") != "ganinvert-result/1":

@@ -18,7 +18,7 @@ def constant(t: float) -> float:
 
 
 def cosine(t: float) -> float:
-    """Cosine annealing from 1 to 0 (ILO's ``lr_schedule: cosine``)."""
+    """Cosine annealing from 1 to 0."""
     return 0.5 * (1.0 + math.cos(math.pi * t))
 
 
@@ -39,11 +39,17 @@ def trapezoid(t: float, rampup: float = 0.05, rampdown: float = 0.25) -> float:
     return max(0.0, min(1.0, t / rampup, (1.0 - t) / rampdown))
 
 
+def ilo(t: float) -> float:
+    """ILO's ``get_lr`` (giannisdaras/ilo): 5 % linear ramp-up, cosine ramp-down over the last 75 %."""
+    return rampup_cosine_rampdown(t, rampup=0.05, rampdown=0.75)
+
+
 SCHEDULES: dict[str, Schedule] = {
     "constant": constant,
     "cosine": cosine,
     "rampup-cosine": rampup_cosine_rampdown,
     "trapezoid": trapezoid,
+    "ilo": ilo,
 }
 
 

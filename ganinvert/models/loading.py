@@ -142,6 +142,14 @@ def build_generator(state_dict: dict[str, torch.Tensor], latent_avg: torch.Tenso
     config = infer_config(state_dict)
     G = StyleGAN2Generator(**config)
     state_dict = {k: v.float() for k, v in state_dict.items()}
+    expected = G.state_dict()
+    for key, tensor in state_dict.items():
+        # load_state_dict reports size mismatches as a multi-line RuntimeError; name the first one.
+        if key in expected and tensor.shape != expected[key].shape:
+            raise CheckpointError(f"{where}: {key} has shape {tuple(tensor.shape)}, but the inferred "
+                                  f"architecture needs {tuple(expected[key].shape)}")
+        if not torch.isfinite(tensor).all():
+            raise CheckpointError(f"{where}: {key} contains NaN or infinite values")
     missing, unexpected = G.load_state_dict(state_dict, strict=False)
     # Older rosinality checkpoints lack the (constant) FIR buffers; the freshly built ones are correct.
     missing = [k for k in missing if not k.endswith(".kernel")]

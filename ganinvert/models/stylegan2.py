@@ -23,10 +23,15 @@ Building ``ws``:
   (``G.mix``).
 
 Two implementations of the modulated convolution give the same images (max abs error about
-1e-6 in float32): ``impl="fast"`` modulates the activations and demodulates the output, so one
-convolution with the shared weight serves the whole batch; ``impl="reference"`` builds
-per-sample weights and runs a grouped convolution with the reference ``upfirdn2d``
-resampling. Per-sample weight residuals always take the grouped form.
+1e-6 in float32): ``impl="reference"`` builds per-sample weights and runs a grouped convolution
+with the reference ``upfirdn2d`` resampling (zero insertion); ``impl="fast"`` modulates the
+activations and demodulates the output, so one convolution with the shared weight serves the
+whole batch, upsamples with a transposed convolution + depthwise blur, keeps activations
+channels_last on CPU, and computes ToRGB as a per-sample matrix product. When the generator's
+conv weights need no gradient (inversion), each styled conv runs as one fused op
+(:func:`~ganinvert.models.ops.modulated_conv_act`) whose backward skips the weight-gradient
+convolution. Per-sample weight residuals always take the grouped form. ``bench/speed.py``
+measures both paths.
 """
 
 from __future__ import annotations
@@ -39,7 +44,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .ops import SQRT2, blur, fused_leaky_relu, make_kernel, upfirdn2d_reference, upsample2x
+from .ops import (SQRT2, blur, fused_leaky_relu, make_kernel, modulated_conv_act, upfirdn2d_reference,
+                  upsample2x)
 
 IMPLEMENTATIONS = ("fast", "reference")
 
@@ -125,6 +131,32 @@ class ModulatedConv2d(nn.Module):
         self.padding = kernel_size // 2
         self.weight = nn.Parameter(torch.randn(1, out_channel, in_channel, kernel_size, kernel_size))
         self.modulation = EqualLinear(style_dim, in_channel, bias_init=1.0)
+        self._frozen_cache: tuple[tuple, tuple[torch.Tensor, torch.Tensor]] | None = None
+
+    def frozen_weight(self, channels_last: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """The weight as the fused fast path convolves with it, and its squared norms per (out, in).
+
+        Returns detached ``(weight, weight_sq)``: ``weight[0]`` (out, in, k, k), transposed to
+        (in, out, k, k) for the upsampling conv, in channels_last when asked; ``weight_sq``
+        (out, in). Cached while the parameter is unchanged (same storage and version counter;
+        edits through ``.data`` bypass the counter, so call :meth:`clear_frozen_cache` after
+        them). Without the cache oneDNN would re-lay out every weight on each call, forward and
+        backward.
+        """
+        weight = self.weight
+        key = (weight.data_ptr(), weight._version, weight.dtype, weight.device, channels_last)
+        if self._frozen_cache is None or self._frozen_cache[0] != key:
+            with torch.no_grad():
+                w = weight[0].detach()
+                weight_sq = torch.linalg.vector_norm(w, dim=(2, 3)).square()
+                w = w.transpose(0, 1) if self.upsample else w
+                w = w.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+            self._frozen_cache = (key, (w, weight_sq))
+        return self._frozen_cache[1]
+
+    def clear_frozen_cache(self) -> None:
+        """Forget the cached layout of the weight (see :meth:`frozen_weight`)."""
+        self._frozen_cache = None
 
     def forward(self, x: torch.Tensor, w: torch.Tensor, weight_delta: torch.Tensor | None = None,
                 impl: str = "fast") -> torch.Tensor:
@@ -142,6 +174,8 @@ class ModulatedConv2d(nn.Module):
         if weight_delta is not None:
             weight = weight + (weight_delta if weight_delta.ndim == 5 else weight_delta[None])
         per_sample = weight.shape[0] > 1
+        if impl == "fast" and self.kernel_size == 1 and not self.upsample:
+            return self._pointwise(x, style, self.scale * weight)
         if impl == "reference" or per_sample:
             return self._grouped(x, style, self.scale * weight, impl)
         weight = self.scale * weight[0]  # (out, in, k, k)
@@ -155,6 +189,27 @@ class ModulatedConv2d(nn.Module):
             demod = torch.rsqrt(style.square() @ weight.square().sum((2, 3)).t() + 1e-8)  # (N, out)
             x = x * demod[:, :, None, None]
         return x
+
+    def _pointwise(self, x: torch.Tensor, style: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        """1x1 modulated conv (ToRGB) as one matrix product per sample with per-sample weights.
+
+        The weights are tiny (out x in per sample), so modulating them costs nothing, while
+        modulating the activations would be a full pass over the largest tensors of the network.
+        Per-sample ``mm`` rather than ``bmm``: CPU ``bmm`` is several times slower for these
+        long, thin products.
+        """
+        n, _, h, w = x.shape
+        weight = (weight[:, :, :, 0, 0] * style[:, None, :]).expand(n, -1, -1)  # (N, out, in)
+        if self.demodulate:
+            weight = weight * torch.rsqrt(weight.square().sum(2, keepdim=True) + 1e-8)
+        if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+            # (HW, in) @ (in, out) per sample reads the channels_last memory as it lies.
+            rows = x.permute(0, 2, 3, 1).reshape(n, h * w, self.in_channel)
+            out = torch.stack([r @ m.t() for r, m in zip(rows.unbind(0), weight.unbind(0))])
+            return out.view(n, h, w, self.out_channel).permute(0, 3, 1, 2)
+        cols = x.reshape(n, self.in_channel, h * w)
+        out = torch.stack([m @ c for c, m in zip(cols.unbind(0), weight.unbind(0))])
+        return out.view(n, self.out_channel, h, w)
 
     def _grouped(self, x: torch.Tensor, style: torch.Tensor, weight: torch.Tensor, impl: str) -> torch.Tensor:
         """Per-sample modulated weights and one grouped convolution (the reference formulation)."""
@@ -211,7 +266,30 @@ class StyledConv(nn.Module):
 
     def forward(self, x: torch.Tensor, w: torch.Tensor, noise: torch.Tensor,
                 weight_delta: torch.Tensor | None = None, impl: str = "fast") -> torch.Tensor:
+        if impl == "fast" and weight_delta is None and not self._weights_need_grad():
+            return self._fused(x, w, noise)
         return self.activate(self.noise(self.conv(x, w, weight_delta, impl), noise))
+
+    def _weights_need_grad(self) -> bool:
+        return torch.is_grad_enabled() and any(
+            p.requires_grad for p in (self.conv.weight, self.noise.weight, self.activate.bias))
+
+    def _fused(self, x: torch.Tensor, w: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """The same layer as one :func:`modulated_conv_act` (frozen weights: inversion, rendering).
+
+        The activation's gain sqrt(2) moves inside the leaky ReLU (it is positively homogeneous):
+        into the demodulation, the noise strength and the bias.
+        """
+        conv = self.conv
+        # This path runs only when no weight gradient is wanted (frozen weights or no_grad), and
+        # under no_grad a view of a trainable Parameter still reports requires_grad: the cached
+        # weight and the bias are detached.
+        weight, weight_sq = conv.frozen_weight(x.is_contiguous(memory_format=torch.channels_last))
+        style = conv.modulation(w) * conv.scale  # (N, in)
+        demod = torch.rsqrt(style.square() @ weight_sq.t() + 1e-8) * SQRT2
+        kernel = conv.blur.kernel if conv.upsample else None
+        return modulated_conv_act(x, style, demod, noise * (self.noise.weight * SQRT2), weight,
+                                  self.activate.bias.detach() * SQRT2, kernel)
 
 
 class ToRGB(nn.Module):
@@ -448,7 +526,7 @@ class StyleGAN2Generator(nn.Module):
             if block == 0:
                 if not entering:
                     x = self.input(n) if const is None else const.expand(n, -1, -1, -1)
-                    x = self.conv1(x, ws[:, idx[0]], noise[nidx[0]], deltas.get("conv1"), impl)
+                    x = self.conv1(self._layout(x, impl), ws[:, idx[0]], noise[nidx[0]], deltas.get("conv1"), impl)
                 rgb_layer, rgb_name, rgb_w = self.to_rgb1, "to_rgb1", ws[:, idx[1]]
             else:
                 if not entering:
@@ -457,7 +535,7 @@ class StyleGAN2Generator(nn.Module):
                     x = conv(x, ws[:, idx[1]], noise[nidx[1]], deltas.get(f"convs.{2 * block - 1}"), impl)
                 rgb_layer, rgb_name, rgb_w = self.to_rgbs[block - 1], f"to_rgbs.{block - 1}", ws[:, idx[2]]
             if entering:
-                x = feature_entry.features
+                x = self._layout(feature_entry.features, impl)
             if block in residuals:
                 x = x + residuals[block]
             if entering:
@@ -465,7 +543,15 @@ class StyleGAN2Generator(nn.Module):
                 skip = rgb if feature_entry.rgb is None else rgb + feature_entry.rgb
             else:
                 skip = rgb_layer(x, rgb_w, skip, deltas.get(rgb_name), impl)
-        return skip
+        return skip.contiguous()
+
+    @staticmethod
+    def _layout(x: torch.Tensor, impl: str) -> torch.Tensor:
+        """channels_last activations for the fast path on CPU, where oneDNN's convolutions and
+        depthwise blurs run markedly faster in that layout (bench/README.md)."""
+        if impl == "fast" and x.device.type == "cpu":
+            return x.contiguous(memory_format=torch.channels_last)
+        return x
 
     def block_features(self, ws: torch.Tensor, block: int, noise: Sequence[torch.Tensor | None] | None = None,
                        const: torch.Tensor | None = None, impl: str = "fast") -> FeatureEntry:
@@ -477,7 +563,11 @@ class StyleGAN2Generator(nn.Module):
         self._check_block(block)
         seen: dict[str, tuple] = {}
         rgb_layer = self.to_rgb1 if block == 0 else self.to_rgbs[block - 1]
-        handle = rgb_layer.register_forward_hook(lambda module, args, out: seen.setdefault("args", args))
+        def record(module: nn.Module, args: tuple, out: torch.Tensor) -> None:
+            # Must return None: a forward hook's return value would replace the layer's output.
+            seen["args"] = args
+
+        handle = rgb_layer.register_forward_hook(record)
         try:
             self.synthesis(ws, noise, const=const, output_block=block, impl=impl)
         finally:

@@ -10,6 +10,9 @@ from typing import Any
 from ...errors import GanInvertError
 from .base import REGISTRY, Method, MethodSettings, ParamGroup, Preset, Stage, SynthesisInputs
 from . import latent, sphinx  # noqa: F401  (registration)
+from . import feature, ilo  # noqa: F401
+from . import pti, sam  # noqa: F401
+from ...tasks import discovery  # noqa: F401  (registers "discover", SPHInX attribute discovery)
 
 
 def list_methods() -> dict[str, type[Method]]:

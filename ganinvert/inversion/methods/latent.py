@@ -50,7 +50,7 @@ class PNormStatistics:
     def __init__(self, G: StyleGAN2Generator, samples: int = PNORM_SAMPLES, seed: int = 0) -> None:
         g = torch.Generator().manual_seed(seed)
         with torch.no_grad():
-            z = torch.randn(samples, G.style_dim, generator=g).to(G.w_avg.device)
+            z = torch.randn(samples, G.style_dim, generator=g).to(G.w_avg)
             v = F.leaky_relu(G.mapping(z), 5.0)
             self.mean = v.mean(0)
             cov = torch.cov((v - self.mean).T.double())

@@ -32,6 +32,7 @@ import torch
 from ...errors import GanInvertError
 from ...models.ops import fused_leaky_relu
 from ...models.stylegan2 import StyleGAN2Generator
+from ..schedules import get_schedule
 from .base import (Method, MethodSettings, ParamGroup, Params, Preset, Stage, SynthesisInputs, gather_noise,
                    noise_names, randn, register)
 
@@ -66,6 +67,7 @@ class SphinxSettings(MethodSettings):
 
     def validate(self) -> None:
         super().validate()
+        get_schedule(self.schedule)  # raises GanInvertError naming the known schedules
         if self.activation not in ("first", "all"):
             raise GanInvertError(f"activation must be 'first' or 'all', got {self.activation!r}")
         if self.decoder_widths[-1] != "D" or self.content_widths[-1] != "C":
@@ -117,7 +119,10 @@ class Sphinx(Method):
         if which == "ps":
             return tuple(f"ps.{part}.{i}.{k}" for part, dims in (("enc", enc), ("dec", dec))
                          for i in range(len(dims) - 1) for k in ("weight", "bias"))
-        return tuple(f"pc.{i}.{k}" for i in range(len(con) - 1) for k in ("weight", "bias"))
+        # The last Pc conv has no bias and no activation (authors' ContentProjection.conv3).
+        layers = len(con) - 1
+        return tuple(f"pc.{i}.{k}" for i in range(layers)
+                     for k in (("weight", "bias") if i < layers - 1 else ("weight",)))
 
     def stages(self, G: StyleGAN2Generator) -> list[Stage]:
         s = self.settings
@@ -145,9 +150,11 @@ class Sphinx(Method):
             params[f"ps.dec.{i}.bias"] = uniform((G.num_ws, dec[i + 1]), dec[i])
         if self.settings.content:
             for i in range(len(con) - 1):
-                # EqualConv2d (1x1, unit-normal weights scaled at run time) + FusedLeakyReLU bias.
+                # EqualConv2d (1x1, unit-normal weights scaled at run time) + FusedLeakyReLU bias
+                # on the hidden layers; the last conv has neither (ContentProjection.conv3).
                 params[f"pc.{i}.weight"] = randn(rngs, (con[i + 1], con[i]), device)
-                params[f"pc.{i}.bias"] = torch.zeros(len(rngs), con[i + 1], device=device)
+                if i < len(con) - 2:
+                    params[f"pc.{i}.bias"] = torch.zeros(len(rngs), con[i + 1], device=device)
         if self.settings.noise:
             for name, shape in zip(noise_names(G), G.noise_shapes):
                 params[name] = randn(rngs, shape[1:], device)

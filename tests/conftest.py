@@ -1,0 +1,108 @@
+"""Shared test fixtures: the ../shared data folder (skipping when absent) and tiny seeded generators.
+
+Tests never copy anything from ../shared; they read it in place and skip with a reason when a
+fresh clone does not have it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Callable, Mapping
+
+import pytest
+import torch
+
+from ganinvert.models.stylegan2 import StyleGAN2Generator
+
+SHARED = Path(__file__).resolve().parents[1] / ".." / "shared"
+
+# The test tensors are tiny: one intra-op thread avoids thread-pool oversubscription (which made
+# each step ~100x slower on the shared 2-core machines) and costs nothing on small convolutions.
+torch.set_num_threads(1)
+
+
+def shared_file(*parts: str) -> Path:
+    """A file under ../shared, or skip the calling test when it is not there."""
+    path = SHARED.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"{path} is absent (the ../shared data folder is not in a fresh clone)")
+    return path
+
+
+def make_random_generator(resolution: int = 32, style_dim: int = 32, n_mlp: int = 2,
+                          channels: Mapping[int, int] | None = None, seed: int = 0) -> StyleGAN2Generator:
+    """A frozen generator whose every parameter and buffer is drawn from ``seed``.
+
+    Unlike a freshly built (rosinality-initialised) generator, biases and noise strengths are
+    non-zero, so every input (noise maps included) affects the image.
+    """
+    channels = dict(channels) if channels is not None else {4: 32, 8: 32, 16: 16, 32: 16}
+    G = StyleGAN2Generator(resolution, style_dim=style_dim, n_mlp=n_mlp, channels=channels)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in G.named_parameters():
+            if name.endswith("noise.weight"):
+                p.copy_(0.1 + 0.2 * torch.rand(p.shape, generator=g))
+            elif name.endswith("modulation.bias"):
+                p.copy_(1.0 + 0.1 * torch.randn(p.shape, generator=g))  # styles near 1, as trained nets have
+            elif name.endswith("bias"):
+                p.copy_(0.1 * torch.randn(p.shape, generator=g))
+            elif name.startswith("style."):
+                # Mapping weights are stored divided by lr_mul (0.01), as rosinality initialises them;
+                # unscaled ones would make w nearly constant and its gradients ill-conditioned.
+                p.copy_(torch.randn(p.shape, generator=g) / G.style[1].lr_mul)
+            else:
+                p.copy_(torch.randn(p.shape, generator=g))
+        for name, b in G.named_buffers():
+            if name.startswith("noises."):
+                b.copy_(torch.randn(b.shape, generator=g))
+        G.w_avg.copy_(G.estimate_w_avg(n=1024, seed=seed))
+    G.requires_grad_(False)
+    return G.eval()
+
+
+def state_hash(module: torch.nn.Module) -> str:
+    """SHA-256 over every parameter and buffer (names, shapes and bytes), to prove nothing changed."""
+    digest = hashlib.sha256()
+    for name, t in list(module.named_parameters()) + list(module.named_buffers()):
+        digest.update(name.encode())
+        digest.update(str(tuple(t.shape)).encode())
+        digest.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def psnr_db(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Per-image PSNR of unclamped [-1, 1] images (mapped to [0, 1], data range 1)."""
+    mse = ((x - y) / 2).square().reshape(x.shape[0], -1).mean(1)
+    return -10 * torch.log10(mse)
+
+
+@pytest.fixture(scope="session")
+def shared() -> Callable[..., Path]:
+    """``shared("reference", "x.pt")``: a path under ../shared, skipping the test when absent."""
+    return shared_file
+
+
+@pytest.fixture(scope="session")
+def random_generator() -> Callable[..., StyleGAN2Generator]:
+    """Factory of tiny seeded generators: ``random_generator(resolution=32, seed=0, ...)``."""
+    return make_random_generator
+
+
+@pytest.fixture(scope="session")
+def reference_generator_32() -> StyleGAN2Generator:
+    """The 32 px rosinality reference generator from ../shared (style_dim 64, 8 ws); shared by the
+    session, so tests must not modify it (the engine tests check that nothing does)."""
+    from ganinvert.models.loading import load_generator
+    return load_generator(shared_file("reference", "rosinality_s32_sd64.pt"))
+
+
+@pytest.fixture(scope="session")
+def hash_state() -> Callable[[torch.nn.Module], str]:
+    return state_hash
+
+
+@pytest.fixture(scope="session")
+def psnr() -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    return psnr_db
