@@ -273,8 +273,11 @@ def demo_command(out: Path, steps: int, seed: int, lpips_weights: str | None, no
 def _register_optional_commands() -> None:
     from .evaluation.cli import evaluate_command
     from .training.cli import train_command
+    from .tasks.cli import task_commands
     cli.add_command(train_command, "train")
     cli.add_command(evaluate_command, "evaluate")
+    for name, command in task_commands().items():
+        cli.add_command(command, name)
 
 
 _register_optional_commands()

@@ -27,6 +27,8 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from .errors import ImageError
 
 FIT_POLICIES = ("crop", "pad", "stretch")
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
 
 
 # ----------------------------------------------------------------------------- atomic writes
@@ -37,6 +39,7 @@ def _atomic_write(path: Path, write) -> None:
     try:
         with os.fdopen(fd, "wb") as fh:
             write(fh)
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp creates 0600; outputs get the usual permissions
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

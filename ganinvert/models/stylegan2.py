@@ -45,9 +45,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from .ops import (SQRT2, blur, fused_leaky_relu, make_kernel, modulated_conv_act, upfirdn2d_reference,
-                  upsample2x)
+                  upsample2x, weight_modulation_pays)
 
 IMPLEMENTATIONS = ("fast", "reference")
+
+#: CPU tuning of the fast path, on by default; bench/speed.py switches them off to measure them.
+#: channels_last activations (oneDNN's CPU convolutions and depthwise blurs are faster in it).
+CPU_CHANNELS_LAST = True
+#: Run a batch one sample at a time through the high-resolution blocks (see ``_per_sample_from``).
+CPU_SPLIT_BATCH = True
 
 #: rosinality's channel widths per resolution before the multiplier is applied.
 _BASE_CHANNELS = {4: 512, 8: 512, 16: 512, 32: 512, 64: 256, 128: 128, 256: 64, 512: 32, 1024: 16}
@@ -133,6 +139,7 @@ class ModulatedConv2d(nn.Module):
         self.modulation = EqualLinear(style_dim, in_channel, bias_init=1.0)
         self._frozen_cache: tuple[tuple, tuple[torch.Tensor, torch.Tensor]] | None = None
 
+    @torch.compiler.disable  # Python-side cache: under torch.compile its key would only force recompiles
     def frozen_weight(self, channels_last: bool) -> tuple[torch.Tensor, torch.Tensor]:
         """The weight as the fused fast path convolves with it, and its squared norms per (out, in).
 
@@ -492,10 +499,7 @@ class StyleGAN2Generator(nn.Module):
         Returns:
             (N, 3, r, r) images, nominally in [-1, 1] and not clamped.
         """
-        if impl not in IMPLEMENTATIONS:
-            raise ValueError(f"impl must be one of {IMPLEMENTATIONS}, got {impl!r}")
-        if ws.ndim != 3 or ws.shape[1:] != (self.num_ws, self.style_dim):
-            raise ValueError(f"ws must be (N, {self.num_ws}, {self.style_dim}), got {tuple(ws.shape)}")
+        noise = self._check_inputs(ws, noise, impl)
         n = ws.shape[0]
         last = self.num_blocks - 1 if output_block is None else output_block
         self._check_block(last)
@@ -504,10 +508,6 @@ class StyleGAN2Generator(nn.Module):
         if unknown:
             raise ValueError(f"unknown weight_deltas layers: {sorted(unknown)}")
         residuals = dict(feature_residuals or {})
-        noise = list(noise) if noise is not None else [None] * self.num_layers
-        if len(noise) != self.num_layers:
-            raise ValueError(f"noise must hold {self.num_layers} tensors, got {len(noise)}")
-        noise = [getattr(self.noises, f"noise_{i}") if t is None else t for i, t in enumerate(noise)]
 
         start = 0 if feature_entry is None else feature_entry.block
         if feature_entry is not None:
@@ -518,38 +518,95 @@ class StyleGAN2Generator(nn.Module):
             if tuple(feature_entry.features.shape) != expected:
                 raise ValueError(f"feature_entry features must be {expected}, got {tuple(feature_entry.features.shape)}")
 
-        skip = None
+        x = skip = None
         for block in range(start, last + 1):
-            idx = self.block_ws_indices(block)
-            nidx = self.block_noise_indices(block)
-            entering = feature_entry is not None and block == start
-            if block == 0:
-                if not entering:
-                    x = self.input(n) if const is None else const.expand(n, -1, -1, -1)
-                    x = self.conv1(self._layout(x, impl), ws[:, idx[0]], noise[nidx[0]], deltas.get("conv1"), impl)
-                rgb_layer, rgb_name, rgb_w = self.to_rgb1, "to_rgb1", ws[:, idx[1]]
-            else:
-                if not entering:
-                    up, conv = self.convs[2 * block - 2], self.convs[2 * block - 1]
-                    x = up(x, ws[:, idx[0]], noise[nidx[0]], deltas.get(f"convs.{2 * block - 2}"), impl)
-                    x = conv(x, ws[:, idx[1]], noise[nidx[1]], deltas.get(f"convs.{2 * block - 1}"), impl)
-                rgb_layer, rgb_name, rgb_w = self.to_rgbs[block - 1], f"to_rgbs.{block - 1}", ws[:, idx[2]]
-            if entering:
-                x = self._layout(feature_entry.features, impl)
-            if block in residuals:
-                x = x + residuals[block]
-            if entering:
-                rgb = rgb_layer.conv(x, rgb_w, deltas.get(rgb_name), impl) + rgb_layer.bias
-                skip = rgb if feature_entry.rgb is None else rgb + feature_entry.rgb
-            else:
-                skip = rgb_layer(x, rgb_w, skip, deltas.get(rgb_name), impl)
+            if x is not None and self._per_sample_from(block, x, deltas, impl):
+                parts = []
+                for i in range(n):
+                    xi, si = x[i:i + 1], None if skip is None else skip[i:i + 1]
+                    inputs = self._sample_inputs(i, n, ws, noise, deltas, residuals)
+                    for b in range(block, last + 1):
+                        xi, si = self._block_step(b, xi, si, *inputs, impl, None, None)
+                    parts.append(si)
+                return torch.cat(parts).contiguous()
+            entry = feature_entry if block == start else None
+            x, skip = self._block_step(block, x, skip, ws, noise, deltas, residuals, impl, entry, const)
         return skip.contiguous()
+
+    def _check_inputs(self, ws: torch.Tensor, noise: Sequence[torch.Tensor | None] | None,
+                      impl: str) -> list[torch.Tensor]:
+        """Validate ``ws`` and ``impl``; return the noise list with ``None`` entries resolved."""
+        if impl not in IMPLEMENTATIONS:
+            raise ValueError(f"impl must be one of {IMPLEMENTATIONS}, got {impl!r}")
+        if ws.ndim != 3 or ws.shape[1:] != (self.num_ws, self.style_dim):
+            raise ValueError(f"ws must be (N, {self.num_ws}, {self.style_dim}), got {tuple(ws.shape)}")
+        noise = list(noise) if noise is not None else [None] * self.num_layers
+        if len(noise) != self.num_layers:
+            raise ValueError(f"noise must hold {self.num_layers} tensors, got {len(noise)}")
+        return [getattr(self.noises, f"noise_{i}") if t is None else t for i, t in enumerate(noise)]
+
+    def _block_step(self, block: int, x: torch.Tensor | None, skip: torch.Tensor | None, ws: torch.Tensor,
+                    noise: list[torch.Tensor], deltas: dict[str, torch.Tensor], residuals: dict[int, torch.Tensor],
+                    impl: str, entry: FeatureEntry | None, const: torch.Tensor | None
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Run one block: its convs (unless ``entry`` replaces their output), residual and ToRGB."""
+        n = ws.shape[0]
+        idx = self.block_ws_indices(block)
+        nidx = self.block_noise_indices(block)
+        if block == 0:
+            if entry is None:
+                x = self.input(n) if const is None else const.expand(n, -1, -1, -1)
+                x = self.conv1(self._layout(x, impl), ws[:, idx[0]], noise[nidx[0]], deltas.get("conv1"), impl)
+            rgb_layer, rgb_name, rgb_w = self.to_rgb1, "to_rgb1", ws[:, idx[1]]
+        else:
+            if entry is None:
+                up, conv = self.convs[2 * block - 2], self.convs[2 * block - 1]
+                x = up(x, ws[:, idx[0]], noise[nidx[0]], deltas.get(f"convs.{2 * block - 2}"), impl)
+                x = conv(x, ws[:, idx[1]], noise[nidx[1]], deltas.get(f"convs.{2 * block - 1}"), impl)
+            rgb_layer, rgb_name, rgb_w = self.to_rgbs[block - 1], f"to_rgbs.{block - 1}", ws[:, idx[2]]
+        if entry is not None:
+            x = self._layout(entry.features, impl)
+        if block in residuals:
+            x = x + residuals[block]
+        if entry is not None:
+            rgb = rgb_layer.conv(x, rgb_w, deltas.get(rgb_name), impl) + rgb_layer.bias
+            skip = rgb if entry.rgb is None else rgb + entry.rgb
+        else:
+            skip = rgb_layer(x, rgb_w, skip, deltas.get(rgb_name), impl)
+        return x, skip
+
+    def _per_sample_from(self, block: int, x: torch.Tensor, deltas: dict[str, torch.Tensor], impl: str) -> bool:
+        """Whether to run the batch one sample at a time from ``block`` on (CPU fast path only).
+
+        From the block where one sample's activations outgrow the conv weight, a single sample
+        folds modulation into the weight (:func:`~ganinvert.models.ops.modulated_conv_act`) and
+        its tensors stay cache-sized, so N single passes beat one batched pass there (measured
+        in bench/README.md); lower blocks keep the batch, which amortises their large weights.
+        Small layers (under 2**20 output values per sample) stay batched: there the fixed cost
+        of each op call outweighs the passes saved.
+        """
+        up = self.convs[2 * block - 2]
+        if (impl != "fast" or x.device.type != "cpu" or not CPU_SPLIT_BATCH or x.shape[0] == 1 or deltas
+                or up._weights_need_grad()):
+            return False
+        c_in, c_out, pixels_in = up.conv.in_channel, up.conv.out_channel, x.shape[2] * x.shape[3]
+        return c_out * pixels_in * 4 >= 2 ** 20 and weight_modulation_pays(
+            c_in, c_out, up.conv.kernel_size, pixels_in, upsample=True)
+
+    def _sample_inputs(self, i: int, n: int, ws: torch.Tensor, noise: list[torch.Tensor],
+                       deltas: dict[str, torch.Tensor], residuals: dict[int, torch.Tensor]) -> tuple:
+        """Sample ``i``'s slice of every per-sample synthesis input (shared tensors stay whole)."""
+        def take(t: torch.Tensor) -> torch.Tensor:
+            return t[i:i + 1] if t.shape[0] == n else t
+        return (ws[i:i + 1], [take(t) for t in noise],
+                {k: (v[i:i + 1] if v.ndim == 5 else v) for k, v in deltas.items()},
+                {b: take(v) for b, v in residuals.items()})
 
     @staticmethod
     def _layout(x: torch.Tensor, impl: str) -> torch.Tensor:
         """channels_last activations for the fast path on CPU, where oneDNN's convolutions and
         depthwise blurs run markedly faster in that layout (bench/README.md)."""
-        if impl == "fast" and x.device.type == "cpu":
+        if impl == "fast" and x.device.type == "cpu" and CPU_CHANNELS_LAST:
             return x.contiguous(memory_format=torch.channels_last)
         return x
 
@@ -561,17 +618,11 @@ class StyleGAN2Generator(nn.Module):
         image as ``G.synthesis(ws, noise)``. Used to initialise feature-space methods.
         """
         self._check_block(block)
-        seen: dict[str, tuple] = {}
+        noise = self._check_inputs(ws, noise, impl)
+        x = skip = entering_skip = None
+        for b in range(block + 1):
+            entering_skip = skip
+            x, skip = self._block_step(b, x, skip, ws, noise, {}, {}, impl, None, const)
         rgb_layer = self.to_rgb1 if block == 0 else self.to_rgbs[block - 1]
-        def record(module: nn.Module, args: tuple, out: torch.Tensor) -> None:
-            # Must return None: a forward hook's return value would replace the layer's output.
-            seen["args"] = args
-
-        handle = rgb_layer.register_forward_hook(record)
-        try:
-            self.synthesis(ws, noise, const=const, output_block=block, impl=impl)
-        finally:
-            handle.remove()
-        features, skip = seen["args"][0], seen["args"][2]
-        rgb = None if skip is None else rgb_layer.upsample(skip, impl)
-        return FeatureEntry(block, features, rgb)
+        rgb = None if entering_skip is None else rgb_layer.upsample(entering_skip, impl)
+        return FeatureEntry(block, x, rgb)

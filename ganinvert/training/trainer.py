@@ -66,9 +66,10 @@ LOG_NAME = "log.jsonl"
 DEFAULT_CHANNELS = {4: 256, 8: 256, 16: 256, 32: 128, 64: 64}
 
 # Fields that may change when resuming (extending a run, moving the distillation/adversarial
-# boundary before it is reached); every other field must match the checkpoint.
-_RESUMABLE_FIELDS = {"out", "steps", "distill_steps", "resume", "checkpoint_every", "sample_every", "log_every",
-                     "device"}
+# boundary or re-weighting the teacher anchor for the steps still to come); every other field
+# must match the checkpoint.
+_RESUMABLE_FIELDS = {"out", "steps", "distill_steps", "distill_weight", "resume", "checkpoint_every",
+                     "sample_every", "log_every", "device"}
 
 
 @dataclass
@@ -91,6 +92,10 @@ class TrainConfig:
             and none for a teacher (its supply of images is unlimited).
         distill_steps: leading steps of pure distillation (teacher data only).
         distill_weight: weight of the L1 anchor to the teacher during adversarial steps.
+        distill_mapping_lr_mul: learning-rate factor of the mapping network while distilling
+            (100 undoes its 0.01 multiplier).
+        distill_beta1: Adam beta1 while distilling (StyleGAN2's 0 suits the adversarial game,
+            regression converges faster with momentum).
         lpips_weights: LPIPS AlexNet weights; when given, LPIPS is added to the distillation loss.
         ema_kimg, ema_rampup: generator EMA half-life (None: ``batch * 10 / 32``) and ramp-up.
         checkpoint_every, sample_every, log_every: intervals in steps.
@@ -114,6 +119,8 @@ class TrainConfig:
     augment: str | None = None
     distill_steps: int = 0
     distill_weight: float = 10.0
+    distill_mapping_lr_mul: float = 100.0
+    distill_beta1: float = 0.9
     lpips_weights: str | None = None
     ema_kimg: float | None = None
     ema_rampup: float = 0.05
@@ -133,10 +140,12 @@ class TrainConfig:
                 raise GanInvertError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not 0.0 <= self.mixing_prob <= 1.0:
             raise GanInvertError(f"mixing_prob must be in [0, 1], got {self.mixing_prob}")
-        for name in ("lr", "distill_weight", "ema_rampup"):
+        for name in ("lr", "distill_weight", "distill_mapping_lr_mul", "ema_rampup"):
             value = getattr(self, name)
             if not math.isfinite(value) or value < 0:
                 raise GanInvertError(f"{name} must be a finite number >= 0, got {value}")
+        if not 0.0 <= self.distill_beta1 < 1.0:
+            raise GanInvertError(f"distill_beta1 must be in [0, 1), got {self.distill_beta1}")
         if self.r1_gamma is not None and (not math.isfinite(self.r1_gamma) or self.r1_gamma < 0):
             raise GanInvertError(f"r1_gamma must be a finite number >= 0, got {self.r1_gamma}")
         if self.distill_steps < 0:
@@ -267,7 +276,10 @@ class _Run:
         self.G_ema = copy.deepcopy(self.G).eval().requires_grad_(False)
         betas = (0.0, 0.99)
         d_ratio = config.d_reg_every / (config.d_reg_every + 1)
-        self.g_optim = torch.optim.Adam(self.G.parameters(), lr=config.lr, betas=betas)
+        # Two groups so distillation can speed up the mapping network (see _set_phase).
+        mapping = [p for name, p in self.G.named_parameters() if name.startswith("style.")]
+        synthesis = [p for name, p in self.G.named_parameters() if not name.startswith("style.")]
+        self.g_optim = torch.optim.Adam([{"params": synthesis}, {"params": mapping}], lr=config.lr, betas=betas)
         self.d_optim = torch.optim.Adam(self.D.parameters(), lr=config.lr * d_ratio,
                                         betas=(betas[0] ** d_ratio, betas[1] ** d_ratio))
         self.rng = torch.Generator().manual_seed(config.seed)
@@ -295,6 +307,19 @@ class _Run:
         return self.teacher(z[:, :self.teacher.latent_dim])
 
     # -------------------------------------------------------------- steps
+    def _set_phase(self, distilling: bool) -> None:
+        """Generator optimiser settings of the current phase.
+
+        Adversarial steps use StyleGAN2's (lr, betas (0, 0.99), mapping at ``lr_mlp`` = 0.01).
+        Distillation is plain regression: momentum (beta1 ``distill_beta1``) and a mapping
+        network that learns ``distill_mapping_lr_mul`` times faster let the student tie its z to
+        the teacher's content instead of settling on the mean face.
+        """
+        cfg = self.config
+        betas = (cfg.distill_beta1, 0.99) if distilling else (0.0, 0.99)
+        for group, lr_mul in zip(self.g_optim.param_groups, (1.0, cfg.distill_mapping_lr_mul if distilling else 1.0)):
+            group["lr"], group["betas"] = cfg.lr * lr_mul, betas
+
     def distill_step(self) -> dict[str, float]:
         """Regress G(z) onto the teacher's image for the paired latent."""
         n = self.config.batch
@@ -424,6 +449,7 @@ class _Run:
         try:
             while self.step < cfg.steps:
                 distilling = self.teacher is not None and self.step < cfg.distill_steps
+                self._set_phase(distilling)
                 stats = self.distill_step() if distilling else self.adversarial_step()
                 if not all(math.isfinite(v) for v in stats.values()):
                     raise GanInvertError(f"training diverged at step {self.step} (non-finite loss: {stats})")

@@ -193,3 +193,15 @@ def test_export_generator_keeps_only_inference_keys(image_folder: Path, tmp_path
     with pytest.raises(CheckpointError):
         export_generator(tmp_path / "junk.pt", tmp_path / "h.pt")
     assert not np.isnan(exported["latent_avg"].float().numpy()).any()
+
+
+def test_distillation_phase_speeds_up_the_mapping_network(image_folder: Path, tmp_path: Path) -> None:
+    from ganinvert.training.trainer import _Run
+
+    run = _Run(tiny_config(image_folder, tmp_path / "run", distill_mapping_lr_mul=50.0, distill_beta1=0.8))
+    synthesis, mapping = run.g_optim.param_groups
+    assert all(p is q for p, q in zip(mapping["params"], run.G.style.parameters()))
+    run._set_phase(distilling=True)
+    assert (synthesis["lr"], mapping["lr"], mapping["betas"]) == (0.002, 0.1, (0.8, 0.99))
+    run._set_phase(distilling=False)
+    assert (synthesis["lr"], mapping["lr"], synthesis["betas"]) == (0.002, 0.002, (0.0, 0.99))
