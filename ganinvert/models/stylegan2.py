@@ -174,7 +174,6 @@ class ModulatedConv2d(nn.Module):
                 scale): (out, in, k, k) shared by the batch or (N, out, in, k, k) per sample.
             impl: ``"fast"`` or ``"reference"`` (see the module docstring).
         """
-        n = x.shape[0]
         assert x.shape[1] == self.in_channel, f"expected {self.in_channel} channels, got {x.shape[1]}"
         style = self.modulation(w)  # (N, in)
         weight = self.weight
