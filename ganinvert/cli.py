@@ -6,6 +6,7 @@ line on stderr with exit status 2; there are no tracebacks for known problems.
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from pathlib import Path
 from typing import Any, Sequence
@@ -68,6 +69,18 @@ def parse_settings(items: Sequence[str]) -> dict[str, Any]:
     return out
 
 
+def method_settings(overrides: Sequence[str], steps: int | None, no_lpips: bool = False) -> dict[str, Any]:
+    """Method settings from ``--set`` pairs, ``--steps`` and ``--no-lpips`` (shared by every optimising command)."""
+    settings = parse_settings(overrides)
+    if steps is not None:
+        if steps <= 0:
+            raise GanInvertError(f"--steps must be > 0, got {steps}")
+        settings["steps"] = steps
+    if no_lpips:
+        settings["lambda_lpips"] = 0.0
+    return settings
+
+
 def unique_stems(paths: Sequence[Path]) -> list[str]:
     seen: dict[str, int] = {}
     stems = []
@@ -123,13 +136,7 @@ def invert_command(images: tuple[Path, ...], generator: str, method: str, preset
     from .inversion.report import write_inversion_outputs
     from .models import load_generator
 
-    settings = parse_settings(overrides)
-    if steps is not None:
-        if steps <= 0:
-            raise GanInvertError(f"--steps must be > 0, got {steps}")
-        settings["steps"] = steps
-    if no_lpips:
-        settings["lambda_lpips"] = 0.0
+    settings = method_settings(overrides, steps, no_lpips)
     if batch_size <= 0 or checkpoint_every <= 0:
         raise GanInvertError("--batch-size and --checkpoint-every must be > 0")
     make_method(method, preset, settings)  # validate before loading anything heavy
@@ -155,6 +162,8 @@ def invert_command(images: tuple[Path, ...], generator: str, method: str, preset
             click.echo(f"{name}: PSNR {metrics['psnr']:.2f} dB, SSIM {metrics['ssim']:.3f}"
                        + (f", LPIPS {metrics['lpips']:.3f}" if "lpips" in metrics else "")
                        + f" ({metrics['seconds']:.1f} s) -> {out / name}")
+    with contextlib.suppress(OSError):  # finished runs delete their checkpoints; drop the empty folder
+        (out / ".checkpoints").rmdir()
 
 
 # ----------------------------------------------------------------------------- render
@@ -274,8 +283,10 @@ def demo_command(out: Path, steps: int, seed: int, lpips_weights: str | None, no
 def _register_optional_commands() -> None:
     from .evaluation.cli import evaluate_command
     from .training.cli import train_command
+    from .training.inverters.cli import train_inverter_command
     from .tasks.cli import task_commands
     cli.add_command(train_command, "train")
+    cli.add_command(train_inverter_command, "train-inverter")
     cli.add_command(evaluate_command, "evaluate")
     for name, command in task_commands().items():
         cli.add_command(command, name)

@@ -140,7 +140,10 @@ def invert(G: StyleGAN2Generator, target: torch.Tensor | None, method: str | Met
     if getattr(m, "lpips", False) is None:
         m.lpips = lpips  # methods with LPIPS-based regularisers or error maps share the engine's module
     # With a forward operator the method sees only the measurement, never the clean image.
+    init_started = time.perf_counter()
     state = _State(params=m.init_params(G, target if operator is None and target is not None else y, rngs))
+    # Initialisation is part of the cost (an encoder method's whole forward pass, sam-opt's probes).
+    init_seconds = time.perf_counter() - init_started
     ckpt = Path(checkpoint_path) if checkpoint_path else None
     if resume and ckpt is not None and ckpt.exists():
         state = _load_checkpoint(ckpt, run_id, rngs, device)
@@ -206,7 +209,7 @@ def invert(G: StyleGAN2Generator, target: torch.Tensor | None, method: str | Met
     return InversionResult(
         method=m.name, preset=preset if preset is not None else m.default_preset, settings=s.to_dict(),
         params={k: v.detach() for k, v in state.params.items()}, seeds=seeds,
-        generator=_generator_record(G), history=state.history, seconds=state.seconds)
+        generator=_generator_record(G), history=state.history, seconds=state.seconds + init_seconds)
 
 
 def _generator_record(G: StyleGAN2Generator) -> dict[str, Any]:

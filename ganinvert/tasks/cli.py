@@ -32,18 +32,6 @@ def task_commands() -> dict[str, click.Command]:
     return _COMMANDS
 
 
-def _optimisation_settings(main_cli: Any, overrides: tuple[str, ...], steps: int | None,
-                           no_lpips: bool = False) -> dict[str, Any]:
-    settings = main_cli.parse_settings(overrides)
-    if steps is not None:
-        if steps <= 0:
-            raise GanInvertError(f"--steps must be > 0, got {steps}")
-        settings["steps"] = steps
-    if no_lpips:
-        settings["lambda_lpips"] = 0.0
-    return settings
-
-
 def _optional_lpips(main_cli: Any, weights: str | None, disabled: bool, device: torch.device):
     """LPIPS for reporting only: explicit weights must load, default weights are used if present."""
     from ..metrics import lpips_available
@@ -103,7 +91,7 @@ def _build_commands(main_cli: Any) -> dict[str, click.Command]:
         from .operators import make_operator
         from .restore import load_measurement, restore, write_restoration_outputs
 
-        settings = _optimisation_settings(main_cli, overrides, steps, no_lpips)
+        settings = main_cli.method_settings(overrides, steps, no_lpips)
         if batch_size <= 0:
             raise GanInvertError(f"--batch-size must be > 0, got {batch_size}")
         if measured and task == "cs":
@@ -273,7 +261,7 @@ def _build_commands(main_cli: Any) -> dict[str, click.Command]:
                                 variant_reconstructions)
         from .editing import write_frames
 
-        settings = _optimisation_settings(main_cli, overrides, steps)
+        settings = main_cli.method_settings(overrides, steps)
         if factors is None:
             values = DEFAULT_FACTORS[attribute]
         else:

@@ -12,6 +12,7 @@ from .base import REGISTRY, Method, MethodSettings, ParamGroup, Preset, Stage, S
 from . import latent, sphinx  # noqa: F401  (registration)
 from . import feature, ilo  # noqa: F401
 from . import pti, sam  # noqa: F401
+from . import hyperinverter  # noqa: F401  (learned inverter, no optimisation)
 from ...tasks import discovery  # noqa: F401  (registers "discover", SPHInX attribute discovery)
 
 

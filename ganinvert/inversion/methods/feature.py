@@ -18,10 +18,16 @@ restarts at the base code's ToRGB (``FeatureEntry.rgb = None``). The block index
 the base code is 16x16 at every output resolution.
 
 Initialisation. The authors start F from a trained base-code encoder and pull it back towards that
-prediction (``--weight_basecode_term 10``). No encoder is available here, so F starts from the
-features of the ``w_avg`` render (``G.block_features``) and that term is dropped: around the mean
-image it would only resist the reconstruction. Detail codes start at ``w_avg`` (F/W+) or at a
-random point of the sphere (F/Z+).
+prediction (``--weight_basecode_term 10``). Here F starts from the encoder's prediction when
+``encoder_path`` names one (:mod:`ganinvert.models.basecode_encoder`, trained on generated pairs by
+``ganinvert train-inverter fz-encoder``; the default ``"default"`` is the encoder bundled for the
+bundled default generator and means "none" for any other generator or another ``feature_block``),
+and else from the features of the ``w_avg`` render (``G.block_features``). The encoder reads the
+image the engine hands to ``init_params``; when that is not an image at the generator's resolution
+(a measurement through a forward operator), the ``w_avg`` features are used. ``basecode_weight``
+adds BDInvert's pull ``basecode_weight * mean((F - E(x))^2)`` towards the prediction (off by
+default: see ``bench/sam_fz.py``; without an encoder there is nothing to pull towards). Detail
+codes start at ``w_avg`` (F/W+) or at a random point of the sphere (F/Z+).
 
 Editing. Only ws indices read after the base code (from the ToRGB of ``feature_block`` on) can
 move. ``fw+`` adds ``alpha * direction`` to those rows. For ``fz+`` the direction is read as a
@@ -34,11 +40,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Sequence
 
 import torch
 
 from ...errors import GanInvertError
+from ...models.basecode_encoder import KIND as ENCODER_KIND
+from ...models.basecode_encoder import BaseCodeEncoder, load_basecode_encoder
+from ...models.encoders import optional_network_path
 from ...models.stylegan2 import FeatureEntry, StyleGAN2Generator
 from .base import Method, MethodSettings, ParamGroup, Params, Preset, Stage, SynthesisInputs, randn, register
 from .latent import PNormStatistics
@@ -100,6 +110,10 @@ class FeatureSettings(MethodSettings):
         lambda_mse, lambda_lpips: reconstruction weights (``invert.py``: MSE 1,
             ``--weight_perceptual_term 10``).
         feature_block: the block whose output F replaces (2 = 16x16, BDInvert's default).
+        encoder_path: base-code encoder that initialises F ("default": the bundled one for the
+            bundled generator and feature block, else none; None: start from the w_avg features).
+        basecode_weight: weight of the pull of F towards the encoder's prediction (BDInvert
+            ``--weight_basecode_term``; needs an encoder).
     """
 
     steps: int = 1200
@@ -107,11 +121,15 @@ class FeatureSettings(MethodSettings):
     lambda_mse: float = 1.0
     lambda_lpips: float = 10.0
     feature_block: int = BDINVERT_FEATURE_BLOCK
+    encoder_path: str | None = "default"
+    basecode_weight: float = 0.0
 
     def validate(self) -> None:
         super().validate()
         if not isinstance(self.feature_block, int) or self.feature_block < 0:
             raise GanInvertError(f"feature_block must be an integer >= 0, got {self.feature_block!r}")
+        if not math.isfinite(self.basecode_weight) or self.basecode_weight < 0:
+            raise GanInvertError(f"basecode_weight must be a finite number >= 0, got {self.basecode_weight}")
 
 
 @dataclass
@@ -153,7 +171,8 @@ class FeatureMethod(Method):
 
     Tensors: ``features`` (N, C, r, r) with ``C, r = G.feature_shape(feature_block)``, and
     ``latent`` (N, L, style_dim) for the L = ``len(live_ws_indices(G, feature_block))`` ws indices
-    read after it. The skipped ws indices are held at ``w_avg``.
+    read after it. The skipped ws indices are held at ``w_avg``. With ``basecode_weight`` also
+    ``basecode`` (N, C, r, r), the encoder's prediction that F is pulled towards (not optimised).
     """
 
     def block(self, G: StyleGAN2Generator) -> int:
@@ -167,12 +186,46 @@ class FeatureMethod(Method):
         self.block(G)
         return [Stage("main", self.settings.steps, (ParamGroup(("features", "latent"), self.settings.lr),))]
 
+    def __init__(self, settings: MethodSettings | None = None) -> None:
+        super().__init__(settings)
+        self._encoders: dict[Path, BaseCodeEncoder] = {}
+
+    def encoder(self, G: StyleGAN2Generator) -> BaseCodeEncoder | None:
+        """The base-code encoder initialising F for ``G`` (None: start from the w_avg features)."""
+        spec = self.settings.encoder_path
+        path = optional_network_path(spec, ENCODER_KIND, G)
+        if path is None:
+            return None
+        if path not in self._encoders:
+            block = self.block(G)
+            encoder = load_basecode_encoder(path, G, block=None if spec == "default" else block)
+            if encoder.config["block"] != block:  # the bundled encoder serves its own block only
+                return None
+            self._encoders[path] = encoder
+        return self._encoders[path]
+
     def init_params(self, G: StyleGAN2Generator, target: torch.Tensor, rngs: Sequence[torch.Generator]) -> Params:
         n = len(rngs)
+        encoder = self.encoder(G)
+        is_image = target.ndim == 4 and tuple(target.shape[1:]) == (3, G.resolution, G.resolution)
+        if self.settings.basecode_weight and (encoder is None or not is_image):
+            raise GanInvertError("basecode_weight needs a base-code encoder (encoder_path) and the target image")
         with torch.no_grad():
-            mean_ws = G.broadcast(G.w_avg[None])
-            features = G.block_features(mean_ws, self.block(G)).features.expand(n, -1, -1, -1).clone()
-        return {"features": features, "latent": self.initial_latent(G, rngs)}
+            if encoder is not None and is_image:
+                features = encoder(target.detach().clamp(-1, 1))
+            else:
+                mean_ws = G.broadcast(G.w_avg[None])
+                features = G.block_features(mean_ws, self.block(G)).features.expand(n, -1, -1, -1).clone()
+        params = {"features": features, "latent": self.initial_latent(G, rngs)}
+        if self.settings.basecode_weight:
+            params["basecode"] = features.clone()
+        return params
+
+    def regulariser(self, G: StyleGAN2Generator, params: Params, inputs: SynthesisInputs) -> torch.Tensor | None:
+        """BDInvert's base-code term ``basecode_weight * mean((F - E(x))^2)`` (None when off)."""
+        if not self.settings.basecode_weight:
+            return None
+        return self.settings.basecode_weight * (params["features"] - params["basecode"]).square().flatten(1).mean(1)
 
     def initial_latent(self, G: StyleGAN2Generator, rngs: Sequence[torch.Generator]) -> torch.Tensor:
         raise NotImplementedError
@@ -206,7 +259,8 @@ class FWPlus(FeatureMethod):
              "feature_block": BDINVERT_FEATURE_BLOCK},
             "BDInvert (Kang et al., ICCV 2021), kkang831/BDInvert_Release BDInvert/invert.py defaults: --num_iters "
             "1200 --lr 0.01, MSE 1, --weight_perceptual_term 10, --weight_pnorm_term 0.01, --basecode_spatial_size 16 "
-            "(block 2); the encoder-anchored --weight_basecode_term is dropped (no encoder, see module docstring)"),
+            "(block 2); the encoder-anchored --weight_basecode_term is off by default (basecode_weight, see the module "
+            "docstring)"),
     }
     default_preset = "bdinvert"
 
@@ -218,10 +272,12 @@ class FWPlus(FeatureMethod):
         return latent
 
     def regulariser(self, G: StyleGAN2Generator, params: Params, inputs: SynthesisInputs) -> torch.Tensor | None:
+        basecode = super().regulariser(G, params, inputs)
         if not self.settings.pn_weight:
-            return None
+            return basecode
         # invert.py averages the squared P_N coordinates over all num_ws rows, skipped ones (at w_avg) included.
-        return self.settings.pn_weight * PNormStatistics.of(G).norm(inputs.ws)
+        pn = self.settings.pn_weight * PNormStatistics.of(G).norm(inputs.ws)
+        return pn if basecode is None else pn + basecode
 
     def edit_inputs(self, G: StyleGAN2Generator, params: Params, direction: torch.Tensor,
                     alpha: float, layers: Sequence[int] | None = None) -> SynthesisInputs:

@@ -18,12 +18,18 @@ the last ToRGB would be a per-pixel image offset): 1024/512/256 px -> blocks 2-5
 **Invertibility map.** SAM predicts, per latent space, the LPIPS error map an inversion in that
 space would leave (a DeepLab network trained on such maps, ``train_invertibility.py``), averages it
 inside each semantic segment, and gives each segment the earliest space whose mean error is at most
-tau (``mask_utils.refine``; none below tau -> the latest space). Without their trained predictor
-and segmenter this module either
+tau (``mask_utils.refine``; none below tau -> the latest space). This module, in this order of
+preference,
 
 * reads a label map from ``mask_path`` (0 = W+ only, k = the k-th feature block in increasing
   order; a PNG whose grey values are the labels, or a ``.npy``/``.npz`` array ``labels`` of shape
   (H, W) or (N, H, W)), or
+* predicts the maps with a trained invertibility predictor (``predictor_path``;
+  :mod:`ganinvert.models.sam_predictor`, trained by ``ganinvert train-inverter sam-predictor``
+  on the maps of the probe inversions below), averages them inside SLIC-like superpixels (which
+  stand in for SAM's semantic segments) and thresholds them with ``tau``. The default
+  ``"default"`` is the predictor bundled for the bundled default generator and means "none" for
+  any other generator. The main stage starts from ``w_avg`` (SAM: from the e4e encoding), or
 * measures the maps: one short inversion per space (``invertibility-*`` stages, ``error_steps``
   each, with SAM's ``single_latent_inv.py`` objective: W+ alone, then W+ with an unmasked residual
   at one block), the spatial LPIPS (``error_metric="lpips"``, ``LPIPS(..., spatial=True)``) or
@@ -50,7 +56,8 @@ restoration benchmarks that pass both, give ``mask_path`` so that the clean imag
 
 **Result tensors**: ``latent`` (N, num_ws, D); ``residual.<b>`` (N, C, r, r) and ``mask.<b>``
 (N, 1, r, r) per feature block; ``labels`` (N, 1, H, W) the label map; with the automatic map also
-``error.w+`` and ``error.<b>`` (N, 1, regions, regions), the measured error of each space.
+``error.w+`` and ``error.<b>`` (N, 1, regions, regions), the measured error of each space, and with
+a predictor ``error.w+`` and ``error.<b>`` (N, 1, m, m), the predicted ones.
 
 **Editing** (``model_utils.edit_image``): w+ moves by ``alpha * direction``; at each feature block
 the masked regions take the features of the unedited inversion (``x * (1 - m) + f * m``), so a
@@ -75,6 +82,9 @@ import torch.nn.functional as F
 from PIL import Image
 
 from ...errors import GanInvertError, WeightsNotFoundError
+from ...models.sam_predictor import KIND as PREDICTOR_KIND
+from ...models.encoders import optional_network_path
+from ...models.sam_predictor import InvertibilityPredictor, load_predictor, predict_label_map
 from ...models.stylegan2 import StyleGAN2Generator
 from ..losses import lpips_input
 from .base import Method, MethodSettings, ParamGroup, Params, Preset, Stage, SynthesisInputs, register
@@ -118,10 +128,14 @@ class SamSettings(MethodSettings):
         lambda_delta: weight of the spread of w+ around its first row.
         lambda_f: weight of the mean squared feature residuals (L_F).
         feature_blocks: blocks with a residual (None: SAM's 16-128 px blocks, see the docstring).
-        mask_path: label map (0 = W+, k = k-th feature block); None measures it (see docstring).
-        tau: error threshold of the space selection, in the units of ``error_metric`` (SAM's 0.225
-            is for their LPIPS-VGG maps; the AlexNet maps here have a different scale).
-        error_steps: steps of each invertibility probe (automatic map only).
+        mask_path: label map (0 = W+, k = k-th feature block); None predicts or measures it.
+        predictor_path: invertibility predictor file used when no ``mask_path`` is given;
+            "default" = the bundled one for the bundled generator (None for other generators);
+            None measures the maps with probe inversions (see docstring).
+        tau: error threshold of the space selection, in the units of ``error_metric`` (the
+            predictor's maps are LPIPS-AlexNet; SAM's 0.225 is for their LPIPS-VGG maps, the
+            AlexNet maps here have a different scale).
+        error_steps: steps of each invertibility probe (measured map only).
         error_metric: "lpips" (spatial LPIPS, as SAM) or "mse" (per-pixel squared error).
         regions: the error maps are averaged over a regions x regions grid (SAM: over segments).
         lpips_weights: LPIPS weights for the "lpips" error map (None: default search).
@@ -137,6 +151,7 @@ class SamSettings(MethodSettings):
     lambda_f: float = 5.0
     feature_blocks: tuple[int, ...] | None = None
     mask_path: str | None = None
+    predictor_path: str | None = "default"
     tau: float = 0.225
     error_steps: int = 1001
     error_metric: str = "lpips"
@@ -263,6 +278,7 @@ class SamOpt(Method):
         self.lpips = lpips
         self._priors: dict[int, LeakyGaussianPrior] = {}
         self._target: torch.Tensor | None = None
+        self._predictors: dict[Path, InvertibilityPredictor] = {}
 
     # -- structure --------------------------------------------------------------------------
     def blocks(self, G: StyleGAN2Generator) -> tuple[int, ...]:
@@ -290,10 +306,19 @@ class SamOpt(Method):
     def _probe_names(self, space: str) -> tuple[str, ...]:
         return (_probe_latent(space),) if space == WPLUS else (_probe_latent(space), _probe_residual(int(space)))
 
+    def predictor_file(self, G: StyleGAN2Generator) -> Path | None:
+        """The predictor used for ``G`` (None: a label file is given, or the maps are measured)."""
+        if self.settings.mask_path is not None:
+            return None
+        return optional_network_path(self.settings.predictor_path, PREDICTOR_KIND, G)
+
+    def _measures_map(self, G: StyleGAN2Generator) -> bool:
+        return self.settings.mask_path is None and self.predictor_file(G) is None
+
     def stages(self, G: StyleGAN2Generator) -> list[Stage]:
         s = self.settings
         main = Stage("main", s.steps, (ParamGroup(self._main_names(G), s.lr, s.schedule),))
-        if s.mask_path is not None:
+        if not self._measures_map(G):
             return [main]
         probes = [Stage(f"invertibility-{space}", s.error_steps,
                         (ParamGroup(self._probe_names(space), s.lr, s.schedule),)) for space in self.spaces(G)]
@@ -309,11 +334,28 @@ class SamOpt(Method):
         if tuple(target.shape) != expected:
             raise GanInvertError(f"sam-opt's automatic invertibility map needs the target image {expected}, got "
                                  f"{tuple(target.shape)}; pass a label map as mask_path")
+        predictor_file = self.predictor_file(G)
+        if predictor_file is not None:
+            return self._predicted_params(G, target, predictor_file)
         if s.regions > G.resolution:
             raise GanInvertError(f"regions ({s.regions}) must not exceed the resolution ({G.resolution})")
         # The error maps are measured in begin_stage, which does not see the target.
         self._target = target.detach()
         return self._probe_params(G, WPLUS, n)
+
+    def _predicted_params(self, G: StyleGAN2Generator, target: torch.Tensor, path: Path) -> Params:
+        """Main-stage tensors with the label map of the invertibility predictor in ``path``."""
+        if path not in self._predictors:
+            self._predictors[path] = load_predictor(path, G)
+        predictor = self._predictors[path]
+        if predictor.spaces != self.spaces(G):
+            raise GanInvertError(f"predictor {path} predicts spaces {predictor.spaces}, sam-opt uses {self.spaces(G)}")
+        images = target.detach().clamp(-1, 1)
+        labels = predict_label_map(predictor, images, self.settings.tau)
+        params = self._main_params(G, G.w_avg.expand(images.shape[0], G.num_ws, -1).clone(), labels)
+        maps = predictor.maps(images)
+        params.update({_error(space): maps[:, k:k + 1] for k, space in enumerate(predictor.spaces)})
+        return params
 
     def _main_params(self, G: StyleGAN2Generator, latent: torch.Tensor, labels: torch.Tensor) -> Params:
         blocks = self.blocks(G)
@@ -332,7 +374,7 @@ class SamOpt(Method):
 
     @torch.no_grad()
     def begin_stage(self, G: StyleGAN2Generator, params: Params, stage_index: int) -> None:
-        if self.settings.mask_path is not None or stage_index == 0:
+        if stage_index == 0 or not self._measures_map(G):
             return
         spaces = self.spaces(G)
         finished = spaces[stage_index - 1]

@@ -1,0 +1,104 @@
+"""F/Z+'s base-code encoder: shapes, the input-side rule, files, and ``fz+``/``fw+`` starting from it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from ganinvert.errors import GanInvertError
+from ganinvert.inversion import invert
+from ganinvert.inversion.methods import make_method
+from ganinvert.models.basecode_encoder import (BaseCodeEncoder, encoder_input_side, load_basecode_encoder,
+                                               save_basecode_encoder)
+from tests.conftest import make_random_generator
+
+
+@pytest.fixture(scope="module")
+def G():
+    return make_random_generator(resolution=32, style_dim=16, channels={4: 16, 8: 16, 16: 8, 32: 8})
+
+
+def _images(G, n: int = 2, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        return G.synthesis(G.broadcast(G.mapping(torch.randn(n, G.style_dim, generator=g)))).clamp(-1, 1)
+
+
+def _rngs(n: int) -> list[torch.Generator]:
+    return [torch.Generator().manual_seed(i) for i in range(n)]
+
+
+def test_input_side_is_eight_times_the_feature_side_at_most_the_image(G) -> None:
+    assert encoder_input_side(G, 0) == 32     # 8 * 4
+    assert encoder_input_side(G, 1) == 32     # min(8 * 8, 32)
+    encoder = BaseCodeEncoder.for_generator(G, block=0, base_width=4)
+    assert encoder.config["input_side"] == 32 and encoder(_images(G)).shape == (2, 16, 4, 4)
+
+
+def test_predicts_the_block_shape_and_validates_images(G) -> None:
+    encoder = BaseCodeEncoder.for_generator(G, block=2, base_width=4)
+    assert encoder(_images(G, 3)).shape == (3, *G.feature_shape(2))
+    with pytest.raises(GanInvertError, match="expects"):
+        encoder(torch.zeros(1, 3, 16, 16))
+    with pytest.raises(GanInvertError, match="power of two"):
+        BaseCodeEncoder(24, 16, 8, 2, 32)
+
+
+def test_files_round_trip_and_check_the_block(G, tmp_path: Path) -> None:
+    encoder = BaseCodeEncoder.for_generator(G, block=1, base_width=4).eval()
+    path = save_basecode_encoder(encoder, tmp_path / "e.safetensors", G)
+    x = _images(G)
+    assert torch.equal(load_basecode_encoder(path, G, block=1)(x), encoder(x))
+    with pytest.raises(GanInvertError, match="block 1"):
+        load_basecode_encoder(path, G, block=2)
+
+
+@pytest.mark.parametrize("name", ["fz+", "fw+"])
+def test_feature_methods_start_from_the_encoder_file(G, tmp_path: Path, name: str) -> None:
+    encoder = BaseCodeEncoder.for_generator(G, block=1, base_width=4).eval()
+    path = save_basecode_encoder(encoder, tmp_path / "e.safetensors", G)
+    x = _images(G)
+    method = make_method(name, overrides={"encoder_path": str(path), "feature_block": 1})
+    params = method.init_params(G, x, _rngs(2))
+    assert torch.allclose(params["features"], encoder(x))
+    # "default" resolves to no encoder for a non-bundled generator: the w_avg features.
+    default = make_method(name, overrides={"feature_block": 1}).init_params(G, x, _rngs(2))
+    mean = G.block_features(G.broadcast(G.w_avg[None]), 1).features
+    assert torch.allclose(default["features"], mean.expand(2, -1, -1, -1))
+    # An encoder of another block is refused when named explicitly.
+    with pytest.raises(GanInvertError, match="block"):
+        make_method(name, overrides={"encoder_path": str(path), "feature_block": 2}).init_params(G, x, _rngs(2))
+
+
+def test_basecode_term_pulls_towards_the_prediction(G, tmp_path: Path) -> None:
+    encoder = BaseCodeEncoder.for_generator(G, block=1, base_width=4).eval()
+    path = save_basecode_encoder(encoder, tmp_path / "e.safetensors", G)
+    x = _images(G)
+    settings = {"encoder_path": str(path), "feature_block": 1, "steps": 5, "lambda_lpips": 0.0, "lr": 0.05}
+    free = invert(G, x, "fz+", settings=settings, progress=False)
+    pulled = invert(G, x, "fz+", settings={**settings, "basecode_weight": 1e4}, progress=False)
+    with torch.no_grad():
+        start = encoder(x)
+    assert torch.equal(pulled.params["basecode"], start)
+
+    def drift(result) -> float:
+        return float((result.params["features"] - start).square().mean())
+
+    assert drift(pulled) < drift(free)
+    with pytest.raises(GanInvertError, match="basecode_weight needs"):
+        make_method("fz+", overrides={"basecode_weight": 1.0, "feature_block": 1}).init_params(G, x, _rngs(2))
+
+
+def test_bundled_encoder_serves_the_default_generator() -> None:
+    from ganinvert.models import load_generator
+    from ganinvert.models.encoders import BUNDLED_DIR
+    default = load_generator("default")
+    x = default.synthesis(default.broadcast(default.w_avg[None])).clamp(-1, 1)
+    for name in ("fz+", "fw+"):
+        method = make_method(name)
+        assert method.encoder(default) is not None
+        assert make_method(name, overrides={"feature_block": 3}).encoder(default) is None  # another block
+        assert method.init_params(default, x, _rngs(1))["features"].shape == (1, *default.feature_shape(2))
+    assert (BUNDLED_DIR / "fz-encoder.safetensors").stat().st_size < 25e6
