@@ -122,10 +122,11 @@ def part_sam(G, sets, lpips, args) -> dict:
         _, w_psnr, w_s = _run(G, images, "w+", {"steps": args.steps}, lpips)
         out[name] = {"w_plus_psnr": w_psnr, "w_plus_s_per_image": w_s}
         for tau in args.taus:
-            sam, sam_psnr, sam_s = _run(G, images, "sam-opt", {"steps": args.steps, "tau": tau}, lpips)
+            settings = {"steps": args.steps} if tau is None else {"steps": args.steps, "tau": tau}
+            sam, sam_psnr, sam_s = _run(G, images, "sam-opt", settings, lpips)
             labels = sam.params["labels"]
             fractions = {str(k): float((labels == k).float().mean()) for k in range(len(sam_feature_blocks(G)) + 1)}
-            out[name][f"tau={tau}"] = {"sam_opt_psnr": sam_psnr, "sam_opt_s_per_image": sam_s,
+            out[name][f"tau={'default' if tau is None else tau}"] = {"sam_opt_psnr": sam_psnr, "sam_opt_s_per_image": sam_s,
                                        "label_fractions": fractions}
         print(name, json.dumps(out[name]), flush=True)
     return out
@@ -211,8 +212,9 @@ def main() -> None:
     parser.add_argument("--error-steps", type=int, default=50)
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--fz-steps", type=int, default=300)
-    parser.add_argument("--taus", type=lambda text: [float(t) for t in text.split(",")], default=[0.225],
-                        help="sam-opt thresholds to run, comma-separated")
+    parser.add_argument("--taus", type=lambda text: [None if t == "default" else float(t) for t in text.split(",")],
+                        default=[None], help="sam-opt thresholds to run, comma-separated; 'default' = the method's "
+                                             "default (the predictor's calibrated threshold)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--lpips-weights", default=str(SHARED / "weights" / "lpips_alex.pth"))
     args = parser.parse_args()

@@ -63,6 +63,8 @@ class InvertibilityPredictor(torch.nn.Module):
     def __init__(self, resolution: int, spaces: Sequence[str], map_side: int = 16, base_width: int = 16,
                  head_width: int = 32, log_eps: float = 1e-3) -> None:
         super().__init__()
+        #: Region threshold calibrated on the training maps (set by :func:`load_predictor`).
+        self.calibrated_tau: float | None = None
         if map_side < 2 or map_side & (map_side - 1) or 2 * map_side > resolution:
             raise GanInvertError(f"map_side must be a power of two in [2, {resolution // 2}], got {map_side}")
         if not spaces or len(set(spaces)) != len(spaces):
@@ -214,7 +216,9 @@ def save_predictor(predictor: InvertibilityPredictor, path: str | Path, G: Style
 
 def load_predictor(path: str | Path, G: StyleGAN2Generator) -> InvertibilityPredictor:
     """Load a ``sam-predictor`` file (``"default"``: the bundled one) for ``G``, frozen, on G's device."""
-    state, config, _ = load_network(resolve_network_path(path, KIND, G), KIND, G)
+    state, config, meta = load_network(resolve_network_path(path, KIND, G), KIND, G)
     predictor = InvertibilityPredictor(**config)
     predictor.load_state_dict(state)
+    # The threshold calibrated on the training maps (see the trainer's export); None for older files.
+    predictor.calibrated_tau = meta.get("calibrated_tau")
     return predictor.to(G.w_avg.device).eval().requires_grad_(False)

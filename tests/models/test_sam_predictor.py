@@ -126,6 +126,19 @@ def test_sam_opt_uses_the_predictor_file(G, tmp_path: Path, errors: list[float],
     assert len(result.history["loss"]) == 3
 
 
+def test_default_tau_is_the_predictors_calibrated_threshold(G, tmp_path: Path) -> None:
+    # W+ error 0.05: above a calibrated 0.03 (-> the feature block), below SAM's 0.225 (-> W+).
+    predictor = _constant_predictor([0.05, 0.01])
+    calibrated = save_predictor(predictor, tmp_path / "c.safetensors", G, meta={"calibrated_tau": 0.03})
+    uncalibrated = save_predictor(predictor, tmp_path / "u.safetensors", G)
+    assert load_predictor(calibrated, G).calibrated_tau == 0.03 and load_predictor(uncalibrated, G).calibrated_tau is None
+    for path, label in ((calibrated, 1), (uncalibrated, 0)):
+        settings = {"predictor_path": str(path), "steps": 1, "lambda_lpips": 0.0}
+        assert (invert(G, _images(G), "sam-opt", settings=settings, progress=False).params["labels"] == label).all()
+    explicit = {"predictor_path": str(calibrated), "steps": 1, "lambda_lpips": 0.0, "tau": 0.1}
+    assert (invert(G, _images(G), "sam-opt", settings=explicit, progress=False).params["labels"] == 0).all()
+
+
 def test_sam_opt_without_a_predictor_measures_the_map(G, tmp_path: Path) -> None:
     method = make_method("sam-opt", overrides={"error_steps": 2, "steps": 2})  # "default" -> none for this G
     assert [st.name for st in method.stages(G)] == ["invertibility-w+", "invertibility-2", "main"]

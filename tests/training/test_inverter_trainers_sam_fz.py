@@ -60,6 +60,10 @@ def test_sam_predictor_learns_the_probe_maps(G, tmp_path: Path) -> None:
     assert predictor.spaces == ["w+", "2"]
     images = torch.load(tmp_path / "sam" / "targets" / "chunk_000.pt", weights_only=True)
     assert images.shape == (3, 2, 32, 32) and (images >= 0).all()
+    # The exported threshold is the median W+ error of the training maps (at the predictor's map size).
+    maps = torch.cat([torch.load(f, weights_only=True) for f in sorted((tmp_path / "sam" / "targets").glob("chunk_*.pt"))])
+    cells = torch.nn.functional.adaptive_avg_pool2d(maps, predictor.config["map_side"])[:, 0]
+    assert predictor.calibrated_tau == pytest.approx(float(cells.median()), abs=1e-4)
     losses = [json.loads(line)["loss"] for line in (tmp_path / "sam" / "log.jsonl").read_text().splitlines()]
     assert sum(losses[-10:]) < 0.7 * sum(losses[:10])
 

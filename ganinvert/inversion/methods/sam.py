@@ -132,9 +132,10 @@ class SamSettings(MethodSettings):
         predictor_path: invertibility predictor file used when no ``mask_path`` is given;
             "default" = the bundled one for the bundled generator (None for other generators);
             None measures the maps with probe inversions (see docstring).
-        tau: error threshold of the space selection, in the units of ``error_metric`` (the
-            predictor's maps are LPIPS-AlexNet; SAM's 0.225 is for their LPIPS-VGG maps, the
-            AlexNet maps here have a different scale).
+        tau: error threshold of the space selection, in the units of ``error_metric``. None:
+            with a predictor, the threshold calibrated on its training maps (the median W+ error,
+            stored in the file; SAM's 0.225 is for their LPIPS-VGG maps at 1024 px, the AlexNet
+            maps here have another scale); with measured maps, SAM's 0.225.
         error_steps: steps of each invertibility probe (measured map only).
         error_metric: "lpips" (spatial LPIPS, as SAM) or "mse" (per-pixel squared error).
         regions: the error maps are averaged over a regions x regions grid (SAM: over segments).
@@ -152,7 +153,7 @@ class SamSettings(MethodSettings):
     feature_blocks: tuple[int, ...] | None = None
     mask_path: str | None = None
     predictor_path: str | None = "default"
-    tau: float = 0.225
+    tau: float | None = None
     error_steps: int = 1001
     error_metric: str = "lpips"
     regions: int = 16
@@ -162,6 +163,8 @@ class SamSettings(MethodSettings):
         super().validate()
         for name in ("lambda_mse", "lambda_lpips", "lambda_mvg", "lambda_delta", "lambda_f", "tau"):
             value = getattr(self, name)
+            if name == "tau" and value is None:
+                continue
             if not math.isfinite(value) or value < 0:
                 raise GanInvertError(f"{name} must be a finite number >= 0, got {value}")
         if self.error_steps <= 0:
@@ -191,6 +194,10 @@ class LeakyGaussianPrior:
         """latent (N, L, D) -> (N,), summed over the L rows as ``loss_utils.compute_mvg``."""
         dv = F.leaky_relu(latent.double(), 5.0) - self.mean_v
         return torch.einsum("nld,de,nle->n", dv, self.inv_cov, dv).to(latent.dtype)
+
+
+#: SAM's region threshold (``--threshold 0.225``, adobe-research/sam_inversion), for LPIPS-VGG maps.
+SAM_TAU = 0.225
 
 
 def sam_feature_blocks(G: StyleGAN2Generator) -> tuple[int, ...]:
@@ -263,10 +270,11 @@ class SamOpt(Method):
     presets = {
         "sam-official": Preset(
             {"steps": 1001, "lr": 0.05, "schedule": "rampup-cosine", "lambda_mse": 1.0, "lambda_lpips": 1.0,
-             "lambda_f": 5.0, "lambda_delta": 1e-3, "lambda_mvg": 1e-8, "tau": 0.225, "error_steps": 1001},
+             "lambda_f": 5.0, "lambda_delta": 1e-3, "lambda_mvg": 1e-8, "tau": None, "error_steps": 1001},
             "adobe-research/sam_inversion src/sam_inv_optimization.py arguments (--num_opt_steps 1001, --lr 0.05, "
             "--lr_rampup_length 0.05, --lr_rampdown_length 0.25, --lambda_mse 1, --lambda_lpips 1, --lambda_f_rec 5, "
-            "--lambda_delta 1e-3, --lambda_mvg 1e-8, --threshold 0.225); error_steps: src/single_latent_inv.py "
+            "--lambda_delta 1e-3, --lambda_mvg 1e-8, --threshold 0.225, used as is with measured maps and replaced by the "
+            "predictor's calibrated threshold with predicted maps, see SamSettings.tau); error_steps: src/single_latent_inv.py "
             "--num_opt_steps 1001 (the single-space inversions whose LPIPS maps train the invertibility network)"),
     }
     default_preset = "sam-official"
@@ -351,7 +359,8 @@ class SamOpt(Method):
         if predictor.spaces != self.spaces(G):
             raise GanInvertError(f"predictor {path} predicts spaces {predictor.spaces}, sam-opt uses {self.spaces(G)}")
         images = target.detach().clamp(-1, 1)
-        labels = predict_label_map(predictor, images, self.settings.tau)
+        tau = self.settings.tau if self.settings.tau is not None else (predictor.calibrated_tau or SAM_TAU)
+        labels = predict_label_map(predictor, images, tau)
         params = self._main_params(G, G.w_avg.expand(images.shape[0], G.num_ws, -1).clone(), labels)
         maps = predictor.maps(images)
         params.update({_error(space): maps[:, k:k + 1] for k, space in enumerate(predictor.spaces)})
@@ -385,7 +394,8 @@ class SamOpt(Method):
         if stage_index < len(spaces):
             params.update(self._probe_params(G, spaces[stage_index], params[_error(finished)].shape[0]))
             return
-        labels = select_spaces([params[_error(space)] for space in spaces], self.settings.tau)
+        tau = self.settings.tau if self.settings.tau is not None else SAM_TAU
+        labels = select_spaces([params[_error(space)] for space in spaces], tau)
         params.update(self._main_params(G, params.pop(_probe_latent(WPLUS)), labels))
 
     def _error_map(self, G: StyleGAN2Generator, params: Params) -> torch.Tensor:

@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from ...errors import CheckpointError, GanInvertError
 from ...evaluation.suites import affine_shift
 from ...io import atomic_torch_save, atomic_write_bytes
-from ...inversion.methods.sam import SamOpt, sam_feature_blocks
+from ...inversion.methods.sam import WPLUS, SamOpt, sam_feature_blocks
 from ...models.encoders import generator_sha256
 from ...models.sam_predictor import InvertibilityPredictor, save_predictor
 from ...models.stylegan2 import StyleGAN2Generator
@@ -239,4 +239,10 @@ class SamPredictorTrainer(InverterTrainer):
 
     def export(self, path: Path, meta: dict[str, Any]) -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)
+        # SAM's threshold (0.225) is calibrated for its LPIPS-VGG maps at 1024 px; these maps have
+        # another scale. The median W+ error of the training regions is the data's own split point:
+        # on images like the training ones, about half of the regions count as invertible in W+.
+        wplus_errors = self.dataset()[1][:, self.spaces.index(WPLUS)]
+        meta = {**meta, "calibrated_tau": round(float(wplus_errors.median()), 4),
+                "calibration": "median W+ error over the training maps' cells"}
         return save_predictor(self.predictor, path, self.G, meta)
