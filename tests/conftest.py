@@ -62,6 +62,26 @@ def make_random_generator(resolution: int = 32, style_dim: int = 32, n_mlp: int 
     return G.eval()
 
 
+def seeded_generator(resolution: int = 32, style_dim: int = 32, channels: Mapping[int, int] | None = None,
+                     seed: int = 0) -> StyleGAN2Generator:
+    """A frozen generator whose weights, noise buffers and constant are N(0, 1) draws from ``seed``
+    (mapping weights rescaled by 1 / lr_mul, noise strengths N(0, 0.1^2), biases left at zero);
+    the generator of the PTI, SAM and task tests."""
+    channels = dict(channels) if channels is not None else {4: 32, 8: 32, 16: 16, 32: 16}
+    G = StyleGAN2Generator(resolution, style_dim=style_dim, n_mlp=2, channels=channels)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, t in list(G.named_parameters()) + list(G.named_buffers()):
+            if name.endswith("noise.weight"):
+                t.copy_(0.1 * torch.randn(t.shape, generator=g))
+            elif name.startswith("style.") and name.endswith("weight"):
+                t.copy_(torch.randn(t.shape, generator=g) / G.style[1].lr_mul)
+            elif name.endswith("weight") or name.startswith("noises.") or name == "input.input":
+                t.copy_(torch.randn(t.shape, generator=g))
+        G.w_avg.copy_(G.estimate_w_avg())
+    return G.requires_grad_(False).eval()
+
+
 def state_hash(module: torch.nn.Module) -> str:
     """SHA-256 over every parameter and buffer (names, shapes and bytes), to prove nothing changed."""
     digest = hashlib.sha256()

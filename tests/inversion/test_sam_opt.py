@@ -17,6 +17,7 @@ from ganinvert.inversion.methods import make_method
 from ganinvert.inversion.methods.sam import (LeakyGaussianPrior, SamOpt, _torgb_inputs, load_label_map,
                                              masks_from_labels, sam_feature_blocks, select_spaces)
 from ganinvert.models.stylegan2 import StyleGAN2Generator
+from conftest import seeded_generator
 
 SHARED = Path(__file__).resolve().parents[2] / ".." / "shared"
 LPIPS_WEIGHTS = SHARED / "weights" / "lpips_alex.pth"
@@ -24,19 +25,7 @@ FAST = {"lambda_lpips": 0.0}
 
 
 def random_generator(seed: int = 0) -> StyleGAN2Generator:
-    """32 px StyleGAN2 with every random tensor drawn from a seeded generator."""
-    G = StyleGAN2Generator(32, style_dim=32, n_mlp=2, channels={4: 32, 8: 32, 16: 16, 32: 16})
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, t in list(G.named_parameters()) + list(G.named_buffers()):
-            if name.endswith("noise.weight"):
-                t.copy_(0.1 * torch.randn(t.shape, generator=g))
-            elif name.startswith("style.") and name.endswith("weight"):
-                t.copy_(torch.randn(t.shape, generator=g) / G.style[1].lr_mul)
-            elif name.endswith("weight") or name.startswith("noises.") or name == "input.input":
-                t.copy_(torch.randn(t.shape, generator=g))
-        G.w_avg.copy_(G.estimate_w_avg())
-    return G.requires_grad_(False).eval()
+    return seeded_generator(seed=seed)
 
 
 def generator_hash(G: StyleGAN2Generator) -> str:

@@ -8,6 +8,7 @@ import torch
 
 from ganinvert.models.loading import load_generator, save_generator
 from ganinvert.models.stylegan2 import StyleGAN2Generator
+from conftest import seeded_generator
 
 SHARED = Path(__file__).resolve().parents[2] / ".." / "shared"
 LPIPS_WEIGHTS = SHARED / "weights" / "lpips_alex.pth"
@@ -16,18 +17,7 @@ FAST = {"lambda_lpips": 0.0}
 
 def random_generator(seed: int = 0, resolution: int = 16) -> StyleGAN2Generator:
     """A tiny StyleGAN2 whose every random tensor comes from a generator seeded with ``seed``."""
-    G = StyleGAN2Generator(resolution, style_dim=16, n_mlp=2, channels={4: 16, 8: 16, 16: 8, 32: 8})
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, t in list(G.named_parameters()) + list(G.named_buffers()):
-            if name.endswith("noise.weight"):
-                t.copy_(0.1 * torch.randn(t.shape, generator=g))
-            elif name.startswith("style.") and name.endswith("weight"):
-                t.copy_(torch.randn(t.shape, generator=g) / G.style[1].lr_mul)
-            elif name.endswith("weight") or name.startswith("noises.") or name == "input.input":
-                t.copy_(torch.randn(t.shape, generator=g))
-        G.w_avg.copy_(G.estimate_w_avg())
-    return G.requires_grad_(False).eval()
+    return seeded_generator(resolution, style_dim=16, channels={4: 16, 8: 16, 16: 8, 32: 8}, seed=seed)
 
 
 def saved_generator(path: Path, seed: int = 0, resolution: int = 16) -> StyleGAN2Generator:
