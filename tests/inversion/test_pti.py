@@ -18,7 +18,7 @@ from ganinvert.inversion.methods.base import noise_names
 from ganinvert.inversion.methods.pti import (PTI, PTIInputs, noise_autocorrelation, residual_parameter_count,
                                              weight_delta_shapes, weight_deltas)
 from ganinvert.models.stylegan2 import StyleGAN2Generator
-from conftest import seeded_generator
+from tests.conftest import seeded_generator
 
 SHARED = Path(__file__).resolve().parents[2] / ".." / "shared"
 LPIPS_WEIGHTS = SHARED / "weights" / "lpips_alex.pth"

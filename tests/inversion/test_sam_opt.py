@@ -17,7 +17,7 @@ from ganinvert.inversion.methods import make_method
 from ganinvert.inversion.methods.sam import (LeakyGaussianPrior, SamOpt, _torgb_inputs, load_label_map,
                                              masks_from_labels, sam_feature_blocks, select_spaces)
 from ganinvert.models.stylegan2 import StyleGAN2Generator
-from conftest import seeded_generator
+from tests.conftest import seeded_generator
 
 SHARED = Path(__file__).resolve().parents[2] / ".." / "shared"
 LPIPS_WEIGHTS = SHARED / "weights" / "lpips_alex.pth"

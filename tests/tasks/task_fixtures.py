@@ -8,7 +8,7 @@ import torch
 
 from ganinvert.models.loading import load_generator, save_generator
 from ganinvert.models.stylegan2 import StyleGAN2Generator
-from conftest import seeded_generator
+from tests.conftest import seeded_generator
 
 SHARED = Path(__file__).resolve().parents[2] / ".." / "shared"
 LPIPS_WEIGHTS = SHARED / "weights" / "lpips_alex.pth"
