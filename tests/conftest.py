@@ -82,6 +82,59 @@ def seeded_generator(resolution: int = 32, style_dim: int = 32, channels: Mappin
     return G.requires_grad_(False).eval()
 
 
+def scaled_style_generator(seed: int = 0, style_dim: int = 32) -> StyleGAN2Generator:
+    """A 32 px generator of the ILO and feature-method tests: weights, noise buffers and constant
+    N(0, 1) from ``seed``, mapping weights x100 (undoing lr_mul), ToRGB weights x0.25 so images stay
+    near [-1, 1], noise strengths 0.1 (the noise must matter), biases zero."""
+    G = StyleGAN2Generator(32, style_dim=style_dim, n_mlp=2, channels={4: 32, 8: 32, 16: 16, 32: 16})
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, t in [*G.named_parameters(), *G.named_buffers()]:
+            if name.endswith("noise.weight"):
+                t.fill_(0.1)
+            elif name.startswith("noises.") or name == "input.input" or (name.endswith("weight") and t.ndim > 1):
+                scale = 100.0 if name.startswith("style.") else 0.25 if name.startswith("to_rgb") else 1.0
+                t.copy_(torch.randn(t.shape, generator=g) * scale)
+    G.requires_grad_(False).eval()
+    G.w_avg.copy_(G.estimate_w_avg())
+    return G
+
+
+def in_domain_images(G: StyleGAN2Generator, n: int = 1, seed: int = 1) -> torch.Tensor:
+    """``n`` renders of G from z drawn with ``seed``."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        return G(torch.randn(n, G.style_dim, generator=g).to(G.w_avg))
+
+
+def assert_resume_matches_uninterrupted(G: StyleGAN2Generator, target: torch.Tensor, method: str,
+                                        settings: dict, stop_at: int, checkpoint: Path) -> None:
+    """Kill ``invert`` after step ``stop_at`` (checkpointing every ``stop_at`` steps), resume it, and
+    check that it continues at the next step and ends with the uninterrupted run's tensors."""
+    from ganinvert.inversion import invert
+
+    class Interrupt(Exception):
+        pass
+
+    full = invert(G, target, method, settings=settings, progress=False)
+
+    def stop(progress):
+        if progress.step == stop_at + 1:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        invert(G, target, method, settings=settings, checkpoint_path=checkpoint, checkpoint_every=stop_at,
+               callback=stop, progress=False)
+    assert checkpoint.is_file()
+    steps_run: list[int] = []
+    resumed = invert(G, target, method, settings=settings, checkpoint_path=checkpoint, checkpoint_every=stop_at,
+                     resume=True, progress=False, callback=lambda progress: steps_run.append(progress.step))
+    assert steps_run[0] == stop_at + 1 and len(resumed.history["loss"]) == len(full.history["loss"])
+    assert resumed.params.keys() == full.params.keys()
+    for name, value in full.params.items():
+        torch.testing.assert_close(resumed.params[name], value, atol=1e-6, rtol=0, msg=name)
+
+
 def state_hash(module: torch.nn.Module) -> str:
     """SHA-256 over every parameter and buffer (names, shapes and bytes), to prove nothing changed."""
     digest = hashlib.sha256()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import math
 
 import pytest
@@ -14,40 +13,12 @@ from ganinvert.inversion.methods import make_method
 from ganinvert.inversion.methods.feature import check_direction, live_ws_indices, retract_to_sphere
 from ganinvert.inversion.methods.latent import PNormStatistics
 from ganinvert.models.stylegan2 import StyleGAN2Generator
+from tests.conftest import in_domain_images, scaled_style_generator, state_hash
 
 STYLE_DIM = 32
 METHODS = ("fw+", "fz+")
 # 40 steps at lr 0.05 instead of the presets' 1200 at 0.01, to stay fast.
 FAST = {"lambda_lpips": 0, "steps": 40, "lr": 0.05}
-
-
-def random_generator(seed: int = 0) -> StyleGAN2Generator:
-    """A 32 px generator with seeded random weights; ToRGB weights scaled so images stay near [-1, 1]."""
-    G = StyleGAN2Generator(32, style_dim=STYLE_DIM, n_mlp=2, channels={4: 32, 8: 32, 16: 16, 32: 16})
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, t in [*G.named_parameters(), *G.named_buffers()]:
-            if name.endswith("noise.weight"):
-                t.fill_(0.1)
-            elif name.startswith("noises.") or name == "input.input" or (name.endswith("weight") and t.ndim > 1):
-                scale = 100.0 if name.startswith("style.") else 0.25 if name.startswith("to_rgb") else 1.0
-                t.copy_(torch.randn(t.shape, generator=g) * scale)
-    G.requires_grad_(False).eval()
-    G.w_avg.copy_(G.estimate_w_avg())
-    return G
-
-
-def in_domain_targets(G: StyleGAN2Generator, n: int = 1, seed: int = 1) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        return G(torch.randn(n, G.style_dim, generator=g).to(G.w_avg))
-
-
-def generator_hash(G: StyleGAN2Generator) -> str:
-    digest = hashlib.sha256()
-    for name, t in sorted(G.state_dict().items()):
-        digest.update(name.encode() + t.cpu().numpy().tobytes())
-    return digest.hexdigest()
 
 
 def psnr(x: torch.Tensor, y: torch.Tensor) -> float:
@@ -56,12 +27,12 @@ def psnr(x: torch.Tensor, y: torch.Tensor) -> float:
 
 @pytest.fixture(scope="module")
 def G() -> StyleGAN2Generator:
-    return random_generator()
+    return scaled_style_generator(style_dim=STYLE_DIM)
 
 
 @pytest.fixture(scope="module")
 def results(G: StyleGAN2Generator) -> dict[str, InversionResult]:
-    return {m: invert(G, in_domain_targets(G), m, settings=FAST, progress=False) for m in METHODS}
+    return {m: invert(G, in_domain_images(G), m, settings=FAST, progress=False) for m in METHODS}
 
 
 # -- helpers ---------------------------------------------------------------------------------
@@ -81,9 +52,9 @@ def test_feature_block_is_validated_and_sets_the_shapes(G: StyleGAN2Generator) -
     with pytest.raises(GanInvertError, match="feature_block"):
         make_method("fw+", None, {"feature_block": -1})
     with pytest.raises(GanInvertError, match="out of range for a 32 px generator"):
-        invert(G, in_domain_targets(G), "fz+", settings={**FAST, "feature_block": 4}, progress=False)
+        invert(G, in_domain_images(G), "fz+", settings={**FAST, "feature_block": 4}, progress=False)
     method = make_method("fw+", None, {"feature_block": 1})
-    params = method.init_params(G, in_domain_targets(G), [torch.Generator().manual_seed(0)])
+    params = method.init_params(G, in_domain_images(G), [torch.Generator().manual_seed(0)])
     assert {k: tuple(v.shape) for k, v in params.items()} == {"features": (1, 32, 8, 8), "latent": (1, 5, 32)}
 
 
@@ -91,16 +62,16 @@ def test_initial_features_come_from_the_w_avg_render(G: StyleGAN2Generator) -> N
     mean_features = G.block_features(G.broadcast(G.w_avg[None]), 2).features
     for name in METHODS:
         rngs = [torch.Generator().manual_seed(s) for s in (0, 1)]
-        params = make_method(name).init_params(G, in_domain_targets(G, 2), rngs)
+        params = make_method(name).init_params(G, in_domain_images(G, 2), rngs)
         torch.testing.assert_close(params["features"], mean_features.expand(2, -1, -1, -1))
-    fw = make_method("fw+").init_params(G, in_domain_targets(G), [torch.Generator()])
+    fw = make_method("fw+").init_params(G, in_domain_images(G), [torch.Generator()])
     assert torch.equal(fw["latent"], G.w_avg.expand(1, 3, -1))
 
 
 # -- the methods on the engine -------------------------------------------------------------------
 @pytest.mark.parametrize("name", METHODS)
 def test_optimises_exactly_its_tensors_and_leaves_the_generator_alone(G: StyleGAN2Generator, name: str) -> None:
-    before = generator_hash(G)
+    before = state_hash(G)
     method = make_method(name, None, {**FAST, "steps": 6})
     original_project = method.project
     seen: list[dict] = []
@@ -113,13 +84,13 @@ def test_optimises_exactly_its_tensors_and_leaves_the_generator_alone(G: StyleGA
             torch.testing.assert_close(norms, torch.full_like(norms, math.sqrt(STYLE_DIM)), atol=1e-4, rtol=0)
 
     method.project = recording_project
-    result = invert(G, in_domain_targets(G), method, progress=False)
+    result = invert(G, in_domain_images(G), method, progress=False)
     # block 2 (16x16) of a 32 px generator: features (16, 16, 16); ws 5..7 read after it
     expected = {"features": (1, 16, 16, 16), "latent": (1, 3, STYLE_DIM)}
     assert seen == [expected] * 6
     assert {k: tuple(v.shape) for k, v in result.params.items()} == expected
     assert [st.names for st in method.stages(G)] == [("features", "latent")]
-    assert generator_hash(G) == before
+    assert state_hash(G) == before
 
 
 @pytest.mark.parametrize("name", METHODS)
@@ -127,8 +98,8 @@ def test_reaches_a_good_reconstruction(G: StyleGAN2Generator, results: dict[str,
                                        tmp_path) -> None:
     result = results[name]
     rendered = result.render(G)
-    assert psnr(rendered, in_domain_targets(G)) > 33  # about 36.4 (fw+) and 36.3 (fz+) dB here, from 18
-    assert psnr(rendered, in_domain_targets(G)) > result.history["psnr"][0] + 10
+    assert psnr(rendered, in_domain_images(G)) > 33  # about 36.4 (fw+) and 36.3 (fz+) dB here, from 18
+    assert psnr(rendered, in_domain_images(G)) > result.history["psnr"][0] + 10
     torch.testing.assert_close(InversionResult.load(result.save(tmp_path / name)).render(G), rendered)
 
 
@@ -141,8 +112,8 @@ def test_fz_codes_lie_on_the_sphere(results: dict[str, InversionResult]) -> None
 def test_a_batch_equals_single_runs(name: str, dtype: torch.dtype) -> None:
     # F/Z+ in float64: Adam's eps (1e-8) turns float32 rounding differences of batched matrix
     # products in the mapping into ~1e-3 code differences; in float64 the runs agree to ~1e-12.
-    G = random_generator().to(dtype)
-    targets = in_domain_targets(G, 2, seed=5)
+    G = scaled_style_generator(style_dim=STYLE_DIM).to(dtype)
+    targets = in_domain_images(G, 2, seed=5)
     settings = {**FAST, "steps": 20}
     batch = invert(G, targets, name, settings=settings, seed=[3, 4], progress=False)
     for i, seed in enumerate([3, 4]):
@@ -154,7 +125,7 @@ def test_a_batch_equals_single_runs(name: str, dtype: torch.dtype) -> None:
 # -- regularisers and parameterisation -----------------------------------------------------------
 def test_pn_regulariser_is_bdinverts_mean_over_all_rows(G: StyleGAN2Generator) -> None:
     method = make_method("fw+")
-    params = method.init_params(G, in_domain_targets(G), [torch.Generator()])
+    params = method.init_params(G, in_domain_images(G), [torch.Generator()])
     params["latent"] = params["latent"] + torch.randn(1, 3, STYLE_DIM, generator=torch.Generator().manual_seed(0))
     inputs = method.render_inputs(G, params)
     assert torch.equal(inputs.ws[:, :5], G.w_avg.expand(1, 5, -1))  # skipped rows held at w_avg
@@ -162,8 +133,8 @@ def test_pn_regulariser_is_bdinverts_mean_over_all_rows(G: StyleGAN2Generator) -
     torch.testing.assert_close(method.regulariser(G, params, inputs), expected)
     assert make_method("fw+", None, {"pn_weight": 0}).regulariser(G, params, inputs) is None
     # a strong P_N weight keeps the detail codes closer to the typical region
-    strong = invert(G, in_domain_targets(G), "fw+", settings={**FAST, "steps": 15, "pn_weight": 10.0}, progress=False)
-    none = invert(G, in_domain_targets(G), "fw+", settings={**FAST, "steps": 15, "pn_weight": 0.0}, progress=False)
+    strong = invert(G, in_domain_images(G), "fw+", settings={**FAST, "steps": 15, "pn_weight": 10.0}, progress=False)
+    none = invert(G, in_domain_images(G), "fw+", settings={**FAST, "steps": 15, "pn_weight": 0.0}, progress=False)
     stats = PNormStatistics.of(G)
     full = make_method("fw+").full_ws
     assert float(stats.norm(full(G, strong.params["latent"]))) < float(stats.norm(full(G, none.params["latent"])))

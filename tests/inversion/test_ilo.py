@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import math
 
 import pytest
@@ -13,42 +12,14 @@ from ganinvert.inversion import InversionResult, invert
 from ganinvert.inversion.methods import make_method
 from ganinvert.inversion.methods.ilo import GaussianFit, advance_entry, geocross, project_l1_ball
 from ganinvert.models.stylegan2 import StyleGAN2Generator
+from tests.conftest import in_domain_images, scaled_style_generator, state_hash
 
 STYLE_DIM = 32
 
 
-def random_generator(seed: int = 0) -> StyleGAN2Generator:
-    """A 32 px generator with seeded random weights; ToRGB weights scaled so images stay near [-1, 1]."""
-    G = StyleGAN2Generator(32, style_dim=STYLE_DIM, n_mlp=2, channels={4: 32, 8: 32, 16: 16, 32: 16})
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, t in [*G.named_parameters(), *G.named_buffers()]:
-            if name.endswith("noise.weight"):
-                t.fill_(0.1)  # noise must matter for the noise maps ILO optimises
-            elif name.startswith("noises.") or name == "input.input" or (name.endswith("weight") and t.ndim > 1):
-                scale = 100.0 if name.startswith("style.") else 0.25 if name.startswith("to_rgb") else 1.0
-                t.copy_(torch.randn(t.shape, generator=g) * scale)
-    G.requires_grad_(False).eval()
-    G.w_avg.copy_(G.estimate_w_avg())
-    return G
-
-
-def in_domain_targets(G: StyleGAN2Generator, n: int = 1, seed: int = 1) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        return G(torch.randn(n, G.style_dim, generator=g).to(G.w_avg))
-
-
-def generator_hash(G: StyleGAN2Generator) -> str:
-    digest = hashlib.sha256()
-    for name, t in sorted(G.state_dict().items()):
-        digest.update(name.encode() + t.cpu().numpy().tobytes())
-    return digest.hexdigest()
-
-
 @pytest.fixture(scope="module")
 def G() -> StyleGAN2Generator:
-    return random_generator()
+    return scaled_style_generator(style_dim=STYLE_DIM)
 
 
 # -- l1-ball projection ------------------------------------------------------------------------
@@ -141,7 +112,7 @@ def test_radii_scale_with_the_feature_map_and_the_code_preset_has_none(G: StyleG
 
 
 def test_a_round_without_steps_only_advances_to_its_feature_map(G: StyleGAN2Generator) -> None:
-    result = invert(G, in_domain_targets(G), "ilo", settings={"lambda_lpips": 0, "steps": 4}, progress=False)
+    result = invert(G, in_domain_images(G), "ilo", settings={"lambda_lpips": 0, "steps": 4}, progress=False)
     assert len(result.history["psnr"]) == 4  # rounds of 1, 2, 0 and 1 steps
     assert torch.equal(result.params["features.1"], result.params["anchor.1"])
     assert "features.2" in result.params
@@ -150,7 +121,7 @@ def test_a_round_without_steps_only_advances_to_its_feature_map(G: StyleGAN2Gene
 def test_too_many_rounds_for_the_generator(G: StyleGAN2Generator) -> None:
     method = make_method("ilo", None, {"round_shares": (1.0,) * 5, "lambda_lpips": 0})
     with pytest.raises(GanInvertError, match="at least 5 blocks"):
-        invert(G, in_domain_targets(G), method, progress=False)
+        invert(G, in_domain_images(G), method, progress=False)
 
 
 def test_gaussian_fit_inverts_the_last_mapping_activation(G: StyleGAN2Generator) -> None:
@@ -171,7 +142,7 @@ def test_geocross_is_the_mean_squared_pairwise_angle() -> None:
 def test_each_round_starts_from_the_image_the_previous_one_ended_with(G: StyleGAN2Generator) -> None:
     method = make_method("ilo", None, {"lambda_lpips": 0})
     rngs = [torch.Generator().manual_seed(0)]
-    params = method.init_params(G, in_domain_targets(G), rngs)
+    params = method.init_params(G, in_domain_images(G), rngs)
     with torch.no_grad():
         for k in range(1, 4):
             params["latent"].add_(0.1)  # the rounds move z between boundaries; continuity must not depend on it
@@ -199,7 +170,7 @@ def _shape(value: int | tuple) -> tuple:
 
 
 def test_rounds_optimise_exactly_their_tensors_within_their_constraints(G: StyleGAN2Generator) -> None:
-    before = generator_hash(G)
+    before = state_hash(G)
     # radii that bind on this generator: scaled by numel / numel(config-f) to 6.25, 25 and 46.9
     method = make_method("ilo", None, {"lambda_lpips": 0, "steps": 32, "feature_radii": (0.0, 100.0, 400.0, 1500.0)})
     original_project = method.project
@@ -232,23 +203,23 @@ def test_rounds_optimise_exactly_their_tensors_within_their_constraints(G: Style
             assert torch.equal(current, value), name
 
     method.project = checked_project
-    result = invert(G, in_domain_targets(G), method, progress=False)
+    result = invert(G, in_domain_images(G), method, progress=False)
     assert {k: {n: _shape(s) for n, s in v.items()} for k, v in EXPECTED_ROUNDS.items()} == seen
     assert [st.names for st in method.stages(G)] == [tuple(EXPECTED_ROUNDS[k]) for k in range(4)]
     assert all(hits.values()), f"the l1 constraint never bound: {hits}"
-    assert generator_hash(G) == before
+    assert state_hash(G) == before
     assert set(result.params) == set(EXPECTED_ROUNDS[0]) | {"noise_5", "noise_6"} | {
         f"{kind}.{b}" for kind in ("features", "anchor") for b in range(3)} | {"rgb.1", "rgb.2"}
 
 
 @pytest.fixture(scope="module")
 def result(G: StyleGAN2Generator) -> InversionResult:
-    return invert(G, in_domain_targets(G), "ilo", settings={"lambda_lpips": 0, "steps": 40}, progress=False)
+    return invert(G, in_domain_images(G), "ilo", settings={"lambda_lpips": 0, "steps": 40}, progress=False)
 
 
 def test_reaches_a_good_reconstruction(G: StyleGAN2Generator, result: InversionResult, tmp_path) -> None:
     rendered = result.render(G)
-    psnr = float(-10 * torch.log10(((rendered - in_domain_targets(G)) / 2).square().mean()))
+    psnr = float(-10 * torch.log10(((rendered - in_domain_images(G)) / 2).square().mean()))
     round0_end = result.history["psnr"][12]  # z+ and noise only (the first of 13, 14, 6, 7 steps)
     assert psnr > 33 and psnr > round0_end + 6, (psnr, round0_end)  # about 37.6 vs 25.5 dB here
     path = result.save(tmp_path / "ilo")
@@ -258,8 +229,8 @@ def test_reaches_a_good_reconstruction(G: StyleGAN2Generator, result: InversionR
 def test_a_batch_equals_single_runs() -> None:
     # float64: Adam's eps (1e-8) turns float32 rounding differences of batched convolutions into
     # visible parameter differences at lr 0.1; in float64 the runs agree to about 1e-12.
-    G64 = random_generator().double()
-    targets = in_domain_targets(G64, 2, seed=5)
+    G64 = scaled_style_generator(style_dim=STYLE_DIM).double()
+    targets = in_domain_images(G64, 2, seed=5)
     settings = {"lambda_lpips": 0, "steps": 24}
     batch = invert(G64, targets, "ilo", settings=settings, seed=[3, 4], progress=False)
     for i, seed in enumerate([3, 4]):
@@ -271,7 +242,7 @@ def test_a_batch_equals_single_runs() -> None:
 
 def test_network_mapping_renders_through_the_mapping_network(G: StyleGAN2Generator) -> None:
     method = make_method("ilo", None, {"mapping": "network", "lambda_lpips": 0, "steps": 8})
-    result = invert(G, in_domain_targets(G), method, progress=False)
+    result = invert(G, in_domain_images(G), method, progress=False)
     inputs = method.render_inputs(G, result.params)
     torch.testing.assert_close(inputs.ws, G.mapping(result.params["latent"]))
 
@@ -294,7 +265,7 @@ def test_edit_moves_only_the_layers_after_the_last_feature_block(G: StyleGAN2Gen
 def test_a_run_resumed_mid_round_equals_an_uninterrupted_one(G: StyleGAN2Generator, tmp_path) -> None:
     # anchors and skip images live in the tensors and the sphere radii are constants: no hidden state
     settings = {"lambda_lpips": 0, "steps": 24}  # rounds of 8, 8, 4 and 4 steps
-    full = invert(G, in_domain_targets(G), "ilo", settings=settings, progress=False)
+    full = invert(G, in_domain_images(G), "ilo", settings=settings, progress=False)
 
     class Interrupted(Exception):
         pass
@@ -305,9 +276,9 @@ def test_a_run_resumed_mid_round_equals_an_uninterrupted_one(G: StyleGAN2Generat
 
     checkpoint = tmp_path / "ilo.ckpt"
     with pytest.raises(Interrupted):
-        invert(G, in_domain_targets(G), "ilo", settings=settings, progress=False, checkpoint_path=checkpoint,
+        invert(G, in_domain_images(G), "ilo", settings=settings, progress=False, checkpoint_path=checkpoint,
                checkpoint_every=5, callback=stop_in_round_1)
-    resumed = invert(G, in_domain_targets(G), "ilo", settings=settings, progress=False, checkpoint_path=checkpoint,
+    resumed = invert(G, in_domain_images(G), "ilo", settings=settings, progress=False, checkpoint_path=checkpoint,
                      checkpoint_every=5, resume=True)
     assert set(resumed.params) == set(full.params)
     for name, value in full.params.items():

@@ -3,7 +3,6 @@ pivot, batch = single runs, locality regulariser, editing, memory of the residua
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 from pathlib import Path
@@ -18,7 +17,7 @@ from ganinvert.inversion.methods.base import noise_names
 from ganinvert.inversion.methods.pti import (PTI, PTIInputs, noise_autocorrelation, residual_parameter_count,
                                              weight_delta_shapes, weight_deltas)
 from ganinvert.models.stylegan2 import StyleGAN2Generator
-from tests.conftest import seeded_generator
+from tests.conftest import assert_resume_matches_uninterrupted, seeded_generator, state_hash
 
 SHARED = Path(__file__).resolve().parents[2] / ".." / "shared"
 LPIPS_WEIGHTS = SHARED / "weights" / "lpips_alex.pth"
@@ -27,14 +26,6 @@ FAST = {"lambda_lpips": 0.0}
 
 def random_generator(seed: int = 0) -> StyleGAN2Generator:
     return seeded_generator(seed=seed)
-
-
-def generator_hash(G: StyleGAN2Generator) -> str:
-    digest = hashlib.sha256()
-    for name, t in sorted(G.state_dict().items()):
-        digest.update(name.encode() + t.contiguous().numpy().tobytes())
-    digest.update(G.w_avg.numpy().tobytes())
-    return digest.hexdigest()
 
 
 def psnr(x: torch.Tensor, y: torch.Tensor) -> float:
@@ -76,10 +67,10 @@ class RecordingPTI(PTI):
 
 
 def test_each_stage_optimises_exactly_its_variables_and_the_generator_is_unchanged(G, targets):
-    before = generator_hash(G)
+    before = state_hash(G)
     m = RecordingPTI(PTI.Settings(pivot_steps=3, steps=3, **FAST))
     result = invert(G, targets, m, progress=False)
-    assert generator_hash(G) == before
+    assert state_hash(G) == before
     n, d = targets.shape[0], G.style_dim
 
     pivot_stage = {k: shape for k, (shape, grad, _) in m.log[0].items() if grad}
@@ -219,28 +210,7 @@ def test_invalid_settings_raise(bad):
         make_method("pti", None, bad)
 
 
-class Interrupt(Exception):
-    pass
-
-
 @pytest.mark.parametrize("stop_at", [3, 5])  # at the stage boundary and inside stage 2
 def test_resume_matches_an_uninterrupted_run(G, targets, tmp_path, stop_at):
     settings = {"pivot_steps": 3, "steps": 3, "locality": True, "locality_lambda_lpips": 0.0, **FAST}
-    full = invert(G, targets[:1], "pti", settings=settings, progress=False)
-    ckpt = tmp_path / "pti.ckpt"
-
-    def stop(progress):
-        if progress.step == stop_at + 1:
-            raise Interrupt
-
-    with pytest.raises(Interrupt):
-        invert(G, targets[:1], "pti", settings=settings, checkpoint_path=ckpt, checkpoint_every=stop_at,
-               callback=stop, progress=False)
-    assert ckpt.is_file()
-    steps_run: list[int] = []
-    resumed = invert(G, targets[:1], "pti", settings=settings, checkpoint_path=ckpt, checkpoint_every=stop_at,
-                     resume=True, progress=False, callback=lambda progress: steps_run.append(progress.step))
-    assert steps_run[0] == stop_at + 1 and len(resumed.history["loss"]) == len(full.history["loss"])
-    assert resumed.params.keys() == full.params.keys()
-    for name, value in full.params.items():
-        torch.testing.assert_close(resumed.params[name], value, atol=1e-6, rtol=0, msg=name)
+    assert_resume_matches_uninterrupted(G, targets[:1], "pti", settings, stop_at, tmp_path / "pti.ckpt")

@@ -3,7 +3,6 @@ beat w+), batch = single runs, SAM's edit rule, label-map files, the feature-blo
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +16,7 @@ from ganinvert.inversion.methods import make_method
 from ganinvert.inversion.methods.sam import (LeakyGaussianPrior, SamOpt, _torgb_inputs, load_label_map,
                                              masks_from_labels, sam_feature_blocks, select_spaces)
 from ganinvert.models.stylegan2 import StyleGAN2Generator
-from tests.conftest import seeded_generator
+from tests.conftest import assert_resume_matches_uninterrupted, seeded_generator, state_hash
 
 SHARED = Path(__file__).resolve().parents[2] / ".." / "shared"
 LPIPS_WEIGHTS = SHARED / "weights" / "lpips_alex.pth"
@@ -26,13 +25,6 @@ FAST = {"lambda_lpips": 0.0}
 
 def random_generator(seed: int = 0) -> StyleGAN2Generator:
     return seeded_generator(seed=seed)
-
-
-def generator_hash(G: StyleGAN2Generator) -> str:
-    digest = hashlib.sha256()
-    for name, t in sorted(G.state_dict().items()):
-        digest.update(name.encode() + t.contiguous().numpy().tobytes())
-    return digest.hexdigest()
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -90,12 +82,12 @@ def optimised(entry: dict[str, tuple[tuple[int, ...], bool]]) -> dict[str, tuple
 
 
 def test_automatic_map_stages_optimise_exactly_their_variables(G, targets):
-    before = generator_hash(G)
+    before = state_hash(G)
     m = RecordingSam(SamOpt.Settings(feature_blocks=(1, 2), error_steps=2, steps=2, error_metric="mse",
                                      tau=0.05, **FAST))
     assert [s.name for s in m.stages(G)] == ["invertibility-w+", "invertibility-1", "invertibility-2", "main"]
     result = invert(G, targets, m, progress=False)
-    assert generator_hash(G) == before
+    assert state_hash(G) == before
     n, L, d = 2, G.num_ws, G.style_dim
     assert optimised(m.log[0]) == {"probe.w+.latent": (n, L, d)}
     assert optimised(m.log[2]) == {"probe.1.latent": (n, L, d), "probe.1.residual": (n, 32, 8, 8)}
@@ -253,28 +245,7 @@ def test_lpips_error_map(G, targets):
         assert error.shape == (1, 1, 8, 8) and torch.isfinite(error).all() and (error >= 0).all()
 
 
-class Interrupt(Exception):
-    pass
-
-
 @pytest.mark.parametrize("stop_at", [2, 5])  # at the first stage boundary and inside the main stage
 def test_resume_matches_an_uninterrupted_run(G, targets, tmp_path, stop_at):
     settings = {"error_steps": 2, "steps": 3, "error_metric": "mse", "tau": 0.05, **FAST}
-    full = invert(G, targets[:1], "sam-opt", settings=settings, progress=False)
-    ckpt = tmp_path / "sam.ckpt"
-
-    def stop(progress):
-        if progress.step == stop_at + 1:
-            raise Interrupt
-
-    with pytest.raises(Interrupt):
-        invert(G, targets[:1], "sam-opt", settings=settings, checkpoint_path=ckpt, checkpoint_every=stop_at,
-               callback=stop, progress=False)
-    assert ckpt.is_file()
-    steps_run: list[int] = []
-    resumed = invert(G, targets[:1], "sam-opt", settings=settings, checkpoint_path=ckpt, checkpoint_every=stop_at,
-                     resume=True, progress=False, callback=lambda progress: steps_run.append(progress.step))
-    assert steps_run[0] == stop_at + 1 and len(resumed.history["loss"]) == len(full.history["loss"])
-    assert resumed.params.keys() == full.params.keys()
-    for name, value in full.params.items():
-        torch.testing.assert_close(resumed.params[name], value, atol=1e-6, rtol=0, msg=name)
+    assert_resume_matches_uninterrupted(G, targets[:1], "sam-opt", settings, stop_at, tmp_path / "sam.ckpt")

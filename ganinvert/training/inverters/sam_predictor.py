@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from ...errors import CheckpointError, GanInvertError
 from ...evaluation.suites import affine_shift
 from ...io import atomic_torch_save, atomic_write_bytes
-from ...inversion.methods.sam import WPLUS, SamOpt, sam_feature_blocks
+from ...inversion.methods.sam import ERROR_METRICS, WPLUS, SamOpt, sam_feature_blocks
 from ...models.encoders import generator_sha256
 from ...models.sam_predictor import InvertibilityPredictor, save_predictor
 from ...models.stylegan2 import StyleGAN2Generator
@@ -94,8 +94,8 @@ class SamPredictorSettings:
                                  "and max_translation >= 0")
         if self.error_steps < 1 or self.chunk < 1 or not self.lr > 0:
             raise GanInvertError("sam-predictor needs error_steps >= 1, chunk >= 1 and lr > 0")
-        if self.error_metric not in ("lpips", "mse"):
-            raise GanInvertError(f"error_metric must be lpips or mse, got {self.error_metric!r}")
+        if self.error_metric not in ERROR_METRICS:
+            raise GanInvertError(f"error_metric must be one of {', '.join(ERROR_METRICS)}, got {self.error_metric!r}")
 
 
 def _uniform(rng: torch.Generator, low: float, high: float) -> float:
