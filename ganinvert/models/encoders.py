@@ -24,8 +24,8 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save
 
 from ..errors import CheckpointError, GanInvertError
 from ..io import atomic_write_bytes
@@ -150,10 +150,9 @@ def load_network(path: str | Path, kind: str, generator: StyleGAN2Generator) -> 
     if not path.is_file():
         raise CheckpointError(f"{kind} network not found: {path}")
     try:
-        from safetensors import safe_open
         with safe_open(str(path), framework="pt") as fh:
             header = fh.metadata() or {}
-        state = load_file(str(path))
+            state = {key: fh.get_tensor(key) for key in fh.keys()}
     except (SafetensorError, OSError, ValueError) as exc:
         raise CheckpointError(f"cannot read {kind} network {path}: {str(exc).splitlines()[0]}") from exc
     if header.get("kind") != kind:

@@ -82,9 +82,8 @@ import torch.nn.functional as F
 from PIL import Image
 
 from ...errors import GanInvertError, WeightsNotFoundError
-from ...models.sam_predictor import KIND as PREDICTOR_KIND
 from ...models.encoders import optional_network_path
-from ...models.sam_predictor import InvertibilityPredictor, load_predictor, predict_label_map
+from ...models.sam_predictor import KIND as PREDICTOR_KIND, InvertibilityPredictor, load_predictor, predict_label_map
 from ...models.stylegan2 import StyleGAN2Generator
 from ..losses import lpips_input
 from .base import Method, MethodSettings, ParamGroup, Params, Preset, Stage, SynthesisInputs, register
@@ -359,12 +358,17 @@ class SamOpt(Method):
         if predictor.spaces != self.spaces(G):
             raise GanInvertError(f"predictor {path} predicts spaces {predictor.spaces}, sam-opt uses {self.spaces(G)}")
         images = target.detach().clamp(-1, 1)
-        tau = self.settings.tau if self.settings.tau is not None else (predictor.calibrated_tau or SAM_TAU)
-        labels = predict_label_map(predictor, images, tau)
+        labels = predict_label_map(predictor, images, self._tau(predictor.calibrated_tau))
         params = self._main_params(G, G.w_avg.expand(images.shape[0], G.num_ws, -1).clone(), labels)
         maps = predictor.maps(images)
         params.update({_error(space): maps[:, k:k + 1] for k, space in enumerate(predictor.spaces)})
         return params
+
+    def _tau(self, calibrated: float | None = None) -> float:
+        """The region threshold: the setting, else a predictor's calibrated one, else SAM's."""
+        if self.settings.tau is not None:
+            return self.settings.tau
+        return calibrated if calibrated is not None else SAM_TAU
 
     def _main_params(self, G: StyleGAN2Generator, latent: torch.Tensor, labels: torch.Tensor) -> Params:
         blocks = self.blocks(G)
@@ -394,8 +398,7 @@ class SamOpt(Method):
         if stage_index < len(spaces):
             params.update(self._probe_params(G, spaces[stage_index], params[_error(finished)].shape[0]))
             return
-        tau = self.settings.tau if self.settings.tau is not None else SAM_TAU
-        labels = select_spaces([params[_error(space)] for space in spaces], tau)
+        labels = select_spaces([params[_error(space)] for space in spaces], self._tau())
         params.update(self._main_params(G, params.pop(_probe_latent(WPLUS)), labels))
 
     def _error_map(self, G: StyleGAN2Generator, params: Params) -> torch.Tensor:
