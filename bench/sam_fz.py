@@ -15,10 +15,12 @@ Parts (each cached as OUT/<part>.json; OUT/sam_fz.json and OUT/sam_fz.md are reb
   the spaces' different mean errors); at the predictor's 16 px and upsampled to 64 px.
 * ``sam`` — criterion 2b: PSNR of ``sam-opt`` with the predicted label map (``predictor_path``
   default; ``--steps`` main steps) against ``w+`` (its default settings) at the same steps.
-* ``fz`` — criterion 3: per-step PSNR of ``fz+`` started from the encoder against ``fz+`` started
-  from the w_avg features (``encoder_path=None``, the former initialisation), ``--fz-steps`` each;
-  the step at which the encoder run first reaches the other run's final PSNR, and its ratio to
-  ``--fz-steps``; and the same encoder run with BDInvert's base-code pull (``basecode_weight``).
+* ``fz`` — criterion 3: per-step PSNR of ``fz+`` started from the encoder (``--fz-encoder``)
+  against ``fz+`` without an encoder (``encoder_path=None``: F from the w_avg features and z+ at a
+  random point of the sphere, the random-initialised fz+), ``--fz-steps`` each (fz+'s 1200 by
+  default); the step at which the encoder run first reaches the other run's final PSNR, and its
+  ratio to ``--fz-steps``; and the same encoder run with BDInvert's base-code pull
+  (``basecode_weight``). Both runs draw the same z+ (same seeds).
 
 Example:
     python bench/sam_fz.py --out bench/results/sam_fz --threads 1 --part maps
@@ -136,19 +138,24 @@ def _first_reaching(curve: list[float], level: float) -> int | None:
     return next((i + 1 for i, v in enumerate(curve) if v >= level), None)
 
 
+#: Steps whose PSNR the fz part reports (those within ``--fz-steps``).
+FZ_REPORTED_STEPS = (1, 10, 25, 50, 100, 200, 300, 400, 600, 900, 1200)
+
+
 def part_fz(G, sets, lpips, args) -> dict:
     out = {"steps": args.fz_steps}
     for name, images in sets.items():
-        runs = {"encoder": {"steps": args.fz_steps},
+        encoder = {"steps": args.fz_steps, "encoder_path": args.fz_encoder}
+        runs = {"encoder": encoder,
                 "w_avg": {"steps": args.fz_steps, "encoder_path": None},
-                "encoder_basecode10": {"steps": args.fz_steps, "basecode_weight": 10.0}}
+                "encoder_basecode10": {**encoder, "basecode_weight": 10.0}}
         record = {}
         curves = {}
         for label, settings in runs.items():
             result, final, seconds = _run(G, images, "fz+", settings, lpips)
             curves[label] = result.history["psnr"]
             record[label] = {"final_psnr": final, "s_per_image": seconds,
-                             "psnr_at": {str(s): curves[label][s - 1] for s in (1, 10, 25, 50, 100, 200, 300)
+                             "psnr_at": {str(s): curves[label][s - 1] for s in FZ_REPORTED_STEPS
                                          if s <= args.fz_steps}}
         reach = _first_reaching(curves["encoder"], curves["w_avg"][-1])
         record["encoder_step_reaching_w_avg_final"] = reach
@@ -211,7 +218,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=10_000)
     parser.add_argument("--error-steps", type=int, default=50)
     parser.add_argument("--steps", type=int, default=200)
-    parser.add_argument("--fz-steps", type=int, default=300)
+    parser.add_argument("--fz-steps", type=int, default=1200, help="fz+ steps per run (its preset's 1200)")
+    parser.add_argument("--fz-encoder", default="default", help="base-code encoder file (default: the bundled one)")
     parser.add_argument("--taus", type=lambda text: [None if t == "default" else float(t) for t in text.split(",")],
                         default=[None], help="sam-opt thresholds to run, comma-separated; 'default' = the method's "
                                              "default (the predictor's calibrated threshold)")

@@ -152,6 +152,29 @@ def _images_in(paths: Sequence[Path]) -> list[Path]:
 
 
 # ----------------------------------------------------------------------------- geometric warp
+def affine_grid(shape: Sequence[int], *, angle: float = 0.0, scale: float = 1.0, tx: float = 0.0,
+                ty: float = 0.0, dtype: torch.dtype = torch.float32,
+                device: torch.device | str | None = None) -> torch.Tensor:
+    """The ``grid_sample`` grid (N, H, W, 2) of :func:`affine_shift` for a tensor of ``shape``.
+
+    The shift is defined in normalised coordinates, so one grid per side warps an image and a
+    feature map of the same picture alike (``affine_shift`` documents the arguments).
+    """
+    if scale <= 0:
+        raise GanInvertError(f"scale must be > 0, got {scale}")
+    theta = math.radians(angle)
+    cos, sin = math.cos(theta), math.sin(theta)
+    # Forward map in y-down normalised coordinates: p' = scale * R p + t with R the on-screen
+    # counter-clockwise rotation [[cos, sin], [-sin, cos]]. affine_grid wants the inverse map
+    # (output -> input): p = R^T (p' - t) / scale. Normalised coordinates span 2 per side.
+    t = (2 * tx, 2 * ty)
+    inv = [[cos / scale, -sin / scale], [sin / scale, cos / scale]]
+    offset = [-(inv[0][0] * t[0] + inv[0][1] * t[1]), -(inv[1][0] * t[0] + inv[1][1] * t[1])]
+    matrix = torch.tensor([[inv[0][0], inv[0][1], offset[0]], [inv[1][0], inv[1][1], offset[1]]],
+                          dtype=dtype, device=device)
+    return F.affine_grid(matrix.expand(shape[0], 2, 3), list(shape), align_corners=False)
+
+
 def affine_shift(image: torch.Tensor, *, angle: float = 0.0, scale: float = 1.0, tx: float = 0.0,
                  ty: float = 0.0, border: str = "reflect") -> torch.Tensor:
     """Rotate (degrees, counter-clockwise as seen), scale about the centre, then translate.
@@ -170,19 +193,7 @@ def affine_shift(image: torch.Tensor, *, angle: float = 0.0, scale: float = 1.0,
     """
     if border not in BORDERS:
         raise GanInvertError(f"unknown border fill {border!r}; choose one of {', '.join(BORDERS)}")
-    if scale <= 0:
-        raise GanInvertError(f"scale must be > 0, got {scale}")
-    theta = math.radians(angle)
-    cos, sin = math.cos(theta), math.sin(theta)
-    # Forward map in y-down normalised coordinates: p' = scale * R p + t with R the on-screen
-    # counter-clockwise rotation [[cos, sin], [-sin, cos]]. affine_grid wants the inverse map
-    # (output -> input): p = R^T (p' - t) / scale. Normalised coordinates span 2 per side.
-    t = (2 * tx, 2 * ty)
-    inv = [[cos / scale, -sin / scale], [sin / scale, cos / scale]]
-    offset = [-(inv[0][0] * t[0] + inv[0][1] * t[1]), -(inv[1][0] * t[0] + inv[1][1] * t[1])]
-    matrix = torch.tensor([[inv[0][0], inv[0][1], offset[0]], [inv[1][0], inv[1][1], offset[1]]],
-                          dtype=image.dtype, device=image.device)
-    grid = F.affine_grid(matrix.expand(image.shape[0], 2, 3), list(image.shape), align_corners=False)
+    grid = affine_grid(image.shape, angle=angle, scale=scale, tx=tx, ty=ty, dtype=image.dtype, device=image.device)
     # Zero padding of (image + 1) is black (-1) after shifting back.
     source = image + 1 if border == "black" else image
     warped = F.grid_sample(source, grid, mode="bilinear", padding_mode=_GRID_SAMPLE_PADDING[border],

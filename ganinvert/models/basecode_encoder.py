@@ -3,10 +3,12 @@
 Katsumata et al. ("Revisiting Latent Space of GAN Inversion for Robust Real Image Editing", WACV
 2024) initialise the base code of F/Z+ with the encoder of BDInvert (Kang et al., ICCV 2021,
 ``kkang831/BDInvert_Release``, ``train_basecode_encoder.py``): a CNN that reads the image at 8x the
-base code's side and regresses the generator's activation at that block, trained only on
-generated pairs (sampled codes, their images and their features). Here the network is a
+base code's side and produces the feature map at that block from which the rest of the generator
+reproduces the image, trained only on generated pictures. Here the network is a
 :class:`~ganinvert.models.encoders.ConvBackbone` pyramid from the input side down to the feature
-side followed by one residual block and a 1x1 projection to the block's channels.
+side followed by one residual block and a 1x1 projection to the block's channels; its training
+(``ganinvert train-inverter fz-encoder``, :mod:`ganinvert.training.inverters.basecode`) renders
+the prediction at the ``w_avg`` detail codes inversion starts from.
 
 The input side is ``min(8 * feature side, G.resolution)`` (issue #8: the image downsampled to 8x
 the feature side): 64 px for the default generator's 16x16 block 2, i.e. the image itself.

@@ -102,3 +102,22 @@ def test_bundled_encoder_serves_the_default_generator() -> None:
         assert make_method(name, overrides={"feature_block": 3}).encoder(default) is None  # another block
         assert method.init_params(default, x, _rngs(1))["features"].shape == (1, *default.feature_shape(2))
     assert (BUNDLED_DIR / "fz-encoder.safetensors").stat().st_size < 25e6
+
+
+def test_bundled_encoder_start_reproduces_shifted_samples() -> None:
+    """The bundled encoder's base code, at F/W+'s starting detail codes (w_avg), reproduces rotated,
+    zoomed and translated samples far better than the w_avg features do (34.5 vs 12.3 dB mean PSNR when
+    this test was written)."""
+    from ganinvert.metrics import psnr
+    from ganinvert.models import load_generator
+    from ganinvert.training.inverters.sam_predictor import SamPredictorSettings, draw_training_images
+    default = load_generator("default")
+    x = draw_training_images(default, SamPredictorSettings(images=4, teacher_images=0, shifted_fraction=1.0), 20_000)
+
+    def start_psnr(encoder_path: str | None) -> float:
+        method = make_method("fw+", overrides={"encoder_path": encoder_path})
+        with torch.no_grad():
+            start = method.render_inputs(default, method.init_params(default, x, _rngs(len(x)))).render(default)
+        return float(psnr(start.clamp(-1, 1), x).mean())
+
+    assert start_psnr("default") > start_psnr(None) + 10.0

@@ -16,7 +16,8 @@ from ganinvert.models.basecode_encoder import load_basecode_encoder
 from ganinvert.models.loading import save_generator
 from ganinvert.models.sam_predictor import load_predictor
 from ganinvert.training.inverters import InverterTrainConfig, TrainingData, train_inverter
-from ganinvert.training.inverters.basecode import BaseCodeTrainer
+from ganinvert.models.stylegan2 import FeatureEntry
+from ganinvert.training.inverters.basecode import BaseCodeSettings, BaseCodeTrainer
 from ganinvert.training.inverters import sam_predictor as module
 from ganinvert.training.inverters.sam_predictor import SamPredictorTrainer, true_error_maps
 from tests.conftest import make_random_generator
@@ -41,17 +42,34 @@ def _same_files(a: Path, b: Path) -> bool:
     return x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x)
 
 
-def test_fz_encoder_learns(G, tmp_path: Path) -> None:
+@pytest.mark.parametrize("settings", [{}, {"detail_codes": "sample", "feature_weight": 1.0, "image_weight": 0.0}])
+def test_fz_encoder_learns(G, tmp_path: Path, settings: dict) -> None:
+    """Default: E(x) rendered with the mean detail codes reproduces x; "sample" + features: E(x) ~ f."""
     g = torch.Generator().manual_seed(99)
     with torch.no_grad():
         ws = G.broadcast(G.mapping(torch.randn(8, G.style_dim, generator=g)))
         x, f = G.synthesis(ws).clamp(-1, 1), G.block_features(ws, 1).features
-    config = _config("fz-encoder", tmp_path / "fz", 1, FZ)
+    mean_ws = G.broadcast(G.w_avg[None]).expand_as(ws)
+
+    def error(encoder) -> torch.Tensor:
+        with torch.no_grad():
+            code = encoder(x)
+            if settings:
+                return (code - f).square().mean()
+            return (G.synthesis(mean_ws, feature_entry=FeatureEntry(1, code)) - x).square().mean()
+
+    fz = {**FZ, **settings}
+    config = _config("fz-encoder", tmp_path / "fz", 1, fz)
     untrained = BaseCodeTrainer(G, config, TrainingData(G, torch.Generator().manual_seed(0)), None).encoder.eval()
-    trained = load_basecode_encoder(train_inverter(G, _config("fz-encoder", tmp_path / "fz", 40, FZ)), G, block=1)
-    with torch.no_grad():
-        before, after = (untrained(x) - f).square().mean(), (trained(x) - f).square().mean()
-    assert after < 0.7 * before
+    trained = load_basecode_encoder(train_inverter(G, _config("fz-encoder", tmp_path / "fz", 40, fz)), G, block=1)
+    assert error(trained) < 0.7 * error(untrained)
+
+
+def test_fz_encoder_settings_are_checked() -> None:
+    with pytest.raises(GanInvertError, match="detail_codes"):
+        BaseCodeSettings(detail_codes="own")
+    with pytest.raises(GanInvertError, match="at least one"):
+        BaseCodeSettings(feature_weight=0.0, image_weight=0.0, lpips_weight=0.0)
 
 
 def test_sam_predictor_learns_the_probe_maps(G, tmp_path: Path) -> None:

@@ -19,15 +19,17 @@ the base code is 16x16 at every output resolution.
 
 Initialisation. The authors start F from a trained base-code encoder and pull it back towards that
 prediction (``--weight_basecode_term 10``). Here F starts from the encoder's prediction when
-``encoder_path`` names one (:mod:`ganinvert.models.basecode_encoder`, trained on generated pairs by
-``ganinvert train-inverter fz-encoder``; the default ``"default"`` is the encoder bundled for the
-bundled default generator and means "none" for any other generator or another ``feature_block``),
-and else from the features of the ``w_avg`` render (``G.block_features``). The encoder reads the
-image the engine hands to ``init_params``; when that is not an image at the generator's resolution
-(a measurement through a forward operator), the ``w_avg`` features are used. ``basecode_weight``
+``encoder_path`` names one (:mod:`ganinvert.models.basecode_encoder`, trained on generated pictures
+by ``ganinvert train-inverter fz-encoder`` to reproduce them through the rest of the generator at
+the ``w_avg`` detail codes; the default ``"default"`` is the encoder bundled for the bundled default
+generator and means "none" for any other generator or another ``feature_block``), and else from
+the features of the ``w_avg`` render (``G.block_features``). The encoder reads the image the
+engine hands to ``init_params``; when that is not an image at the generator's resolution (a
+measurement through a forward operator), the ``w_avg`` features are used. ``basecode_weight``
 adds BDInvert's pull ``basecode_weight * mean((F - E(x))^2)`` towards the prediction (off by
 default: see ``bench/sam_fz.py``; without an encoder there is nothing to pull towards). Detail
-codes start at ``w_avg`` (F/W+) or at a random point of the sphere (F/Z+).
+codes start at ``w_avg`` (F/W+) or at a random point of the sphere (F/Z+, as ``invert_zp.py``
+draws them).
 
 Editing. Only ws indices read after the base code (from the ToRGB of ``feature_block`` on) can
 move. ``fw+`` adds ``alpha * direction`` to those rows. For ``fz+`` the direction is read as a

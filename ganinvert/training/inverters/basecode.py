@@ -1,26 +1,39 @@
-"""``train-inverter fz-encoder``: F/Z+'s base-code encoder, trained on generated pairs only.
+"""``train-inverter fz-encoder``: F/Z+'s base-code encoder, trained on generated pictures only.
 
 Katsumata et al. (WACV 2024) reuse BDInvert's encoder (Kang et al., ICCV 2021,
 ``BDInvert_Release/BDInvert/train_basecode_encoder.py``): sample codes, render the images, and
-regress the generator's activation at the base-code block from the image. Each step here draws a
-fresh batch of samples (``TrainingData.generated``) and minimises
+train a CNN to produce the feature map ("base code") at one block from which the rest of the
+generator, ``G_{>b}``, reproduces the image. Each step here draws a fresh batch of samples
+(``TrainingData.generated``), shifts a fraction of them (rotation, zoom, translation; the OOD
+suite's shifts, see :mod:`.shifts`) and minimises
 
-    feature_weight * MSE(E(x), f) / Var(f) + image_weight * MSE(G_{>b}(E(x)), G_{>b}(f))
-    (+ lpips_weight * LPIPS(G_{>b}(E(x)), G_{>b}(f)) when LPIPS weights are given)
+    image_weight * MSE(G_{>b}(E(x), c), y) (+ lpips_weight * LPIPS(G_{>b}(E(x), c), y))
+    + feature_weight * MSE(E(x), f) / Var(f)
 
-with ``f = G.block_features(ws, block)`` and ``G_{>b}`` the rest of the generator with the sample's
-own ws and noise, entered the way ``fz+`` enters it (``FeatureEntry(block, F)``, skip image
-restarted). BDInvert's ``train_basecode_encoder.py`` uses the image terms only (MSE + 10 x
-LPIPS-VGG of the reconstruction through the generator with the sample's own codes; Adam
-``--initial_lr 1e-3``, StepLR 2000 / 0.1, batch 16, 10 000 iterations); the feature regression is
-added here (issue #8: target f) as a direct signal at every position of F, and the image terms
-weight the feature errors by what they change in the image. Deviations:
-LPIPS-AlexNet with weight 0.1, no LR steps, truncation 1 (BDInvert samples with psi 0.7 on the
-first 8 layers).
+with ``f = G.block_features(ws, block)`` (warped with the picture), ``G_{>b}`` entered the way
+``fz+`` enters it (``FeatureEntry(block, F)``, skip image restarted, the sample's noise), and the
+detail codes ``c`` of the layers after the block chosen by ``detail_codes``:
+
+* ``"mean"`` (default): ``w_avg`` at every layer, the detail codes F/W+ starts from
+  (BDInvert ``invert.py``: ``detailcode_starting = w_avg``), and ``y = x``, the picture itself.
+  E learns to invert the generator's tail at the codes inversion starts from, so its prediction
+  alone already reproduces the picture; measured on ../shared celeba_hq faces (never used in
+  training) this gives 26.9 dB at the first step against 16 dB for ``"sample"``
+  (``bench/sam_fz.py``, MODEL_CARD.md).
+* ``"sample"``: the sample's own ws, and ``y = G_{>b}(f)`` (BDInvert's training renders with the
+  sampled codes); the prediction then only matches the picture under those codes, which
+  inversion does not know.
+
+``feature_weight`` regresses the generator's own activation (issue #8's target f); it is off by
+default because it pulls E towards features that reproduce the picture only with the sample's
+codes. BDInvert's ``train_basecode_encoder.py`` uses the image terms only (MSE + 10 x LPIPS-VGG,
+Adam ``--initial_lr 1e-3``, StepLR 2000 / 0.1, batch 16, 10 000 iterations, truncation psi 0.7 on
+the first 8 layers). Deviations: LPIPS-AlexNet with weight 0.1, no LR steps, truncation 1, the
+shifts, and the ``"mean"`` detail codes.
 
 Example:
-    ganinvert train-inverter fz-encoder --out runs/fz --steps 500 --batch 8 --threads 1 \\
-        --lpips-weights lpips_alex.pth       # the bundled encoder's run
+    ganinvert train-inverter fz-encoder --out runs/fz --steps 3000 --batch 16 --threads 1 \\
+        --lpips-weights lpips_alex.pth       # the bundled encoder's run (MODEL_CARD.md)
 """
 
 from __future__ import annotations
@@ -33,25 +46,62 @@ import torch
 import torch.nn.functional as F
 
 from ...errors import GanInvertError
+from ...evaluation.suites import affine_grid, affine_shift
 from ...models.basecode_encoder import BaseCodeEncoder, save_basecode_encoder
 from ...models.stylegan2 import FeatureEntry
 from ...inversion.methods.feature import BDINVERT_FEATURE_BLOCK
 from .loop import InverterTrainer, register_trainer
+from .shifts import ShiftSettings
+
+
+#: Detail codes that render the prediction in training (see the module docstring).
+DETAIL_CODES = ("mean", "sample")
+
+
+@torch.no_grad()
+def shift_pairs(image: torch.Tensor, features: torch.Tensor, rendered: torch.Tensor,
+                shifts: list[dict[str, Any] | None]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Warp each picture, its base code and its rendering by the same shift (None: left alone).
+
+    The shift is defined in normalised coordinates, so one transform moves the image and the
+    16x16 feature map together (convolutions are close to equivariant, so the warped code renders
+    close to the warped picture). Returns the three warped tensors and a (N, 1, r, r) mask of the
+    feature positions whose target is known: a black border has no feature target, and only the
+    image terms train the code there.
+    """
+    image, features, rendered = image.clone(), features.clone(), rendered.clone()
+    mask = torch.ones_like(features[:, :1])
+    for i, shift in enumerate(shifts):
+        if shift is None:
+            continue
+        image[i] = affine_shift(image[i:i + 1], **shift)[0]
+        rendered[i] = affine_shift(rendered[i:i + 1], **shift)[0]
+        geometry = {k: v for k, v in shift.items() if k != "border"}
+        grid = affine_grid(features[i:i + 1].shape, dtype=features.dtype, device=features.device, **geometry)
+        padding = "reflection" if shift["border"] == "reflect" else "zeros"
+        features[i] = F.grid_sample(features[i:i + 1], grid, padding_mode=padding, align_corners=False)[0]
+        if shift["border"] != "reflect":
+            mask[i] = F.grid_sample(mask[i:i + 1], grid, padding_mode="zeros", align_corners=False)[0]
+    return image, features, rendered, mask
 
 
 @dataclass
-class BaseCodeSettings:
-    """Attributes:
+class BaseCodeSettings(ShiftSettings):
+    """Attributes (and the shift ranges of :class:`~.shifts.ShiftSettings`, the OOD suite's
+    rotations, zooms and translations; ``shifted_fraction=0`` trains on aligned samples only):
         block: base-code block (2 = 16x16, ``fz+``/``fw+``'s default ``feature_block``).
         base_width: encoder channels at the input side.
         lr: Adam learning rate (``train_basecode_encoder.py --initial_lr 1e-3``).
+        detail_codes: codes of the layers after the block in training, "mean" or "sample" (see
+            the module docstring).
         feature_weight, image_weight, lpips_weight: loss weights (see the module docstring).
     """
 
     block: int = BDINVERT_FEATURE_BLOCK
     base_width: int = 32
     lr: float = 1e-3
-    feature_weight: float = 1.0
+    detail_codes: str = "mean"
+    feature_weight: float = 0.0
     image_weight: float = 1.0
     lpips_weight: float = 0.1
 
@@ -62,6 +112,12 @@ class BaseCodeSettings:
                 raise GanInvertError(f"fz-encoder setting {name} must be a finite number >= 0, got {value}")
         if self.lr <= 0:
             raise GanInvertError(f"fz-encoder lr must be > 0, got {self.lr}")
+        if self.detail_codes not in DETAIL_CODES:
+            raise GanInvertError(f"fz-encoder detail_codes must be one of {', '.join(DETAIL_CODES)}, "
+                                 f"got {self.detail_codes!r}")
+        if not (self.feature_weight or self.image_weight or self.lpips_weight):
+            raise GanInvertError("fz-encoder needs at least one of feature_weight, image_weight, lpips_weight > 0")
+        self.shifts  # validates the shift ranges
 
 
 @register_trainer
@@ -89,20 +145,30 @@ class BaseCodeTrainer(InverterTrainer):
         s, G = self.settings, self.G
         batch = self.data.generated(self.config.batch)
         with torch.no_grad():
-            target = G.block_features(batch.ws, s.block, batch.noise).features
-            target_image = G.synthesis(batch.ws, batch.noise, feature_entry=FeatureEntry(s.block, target))
-        predicted = self.encoder(batch.image)
-        # MSE relative to the batch's feature variance, so the weights do not depend on the block's scale.
-        feature_loss = F.mse_loss(predicted, target) / target.var().clamp_min(1e-12)
-        loss = s.feature_weight * feature_loss
-        stats = {"feature_nmse": float(feature_loss.detach())}
+            features = G.block_features(batch.ws, s.block, batch.noise).features
+            variance = features.var().clamp_min(1e-12)
+            if s.detail_codes == "mean":
+                detail_ws, rendered = G.broadcast(G.w_avg[None]).expand_as(batch.ws), batch.image
+            else:
+                detail_ws = batch.ws
+                rendered = G.synthesis(batch.ws, batch.noise, feature_entry=FeatureEntry(s.block, features))
+        shifts = [s.shifts.draw(self.data.rng) for _ in range(len(batch.image))]
+        image, features, target_image, mask = shift_pairs(batch.image, features, rendered, shifts)
+        predicted = self.encoder(image)
+        loss, stats = predicted.new_zeros(()), {}
+        if s.feature_weight:
+            # MSE over the positions with a target, relative to the batch's feature variance, so the
+            # weight does not depend on the block's scale.
+            feature_loss = ((predicted - features).square() * mask).mean() / mask.mean().clamp_min(1e-12) / variance
+            loss = loss + s.feature_weight * feature_loss
+            stats["feature_nmse"] = float(feature_loss.detach())
         if s.image_weight or (s.lpips_weight and self.lpips is not None):
-            image = G.synthesis(batch.ws, batch.noise, feature_entry=FeatureEntry(s.block, predicted))
-            image_loss = F.mse_loss(image, target_image)
+            reconstruction = G.synthesis(detail_ws, batch.noise, feature_entry=FeatureEntry(s.block, predicted))
+            image_loss = F.mse_loss(reconstruction, target_image)
             loss = loss + s.image_weight * image_loss
             stats["image_mse"] = float(image_loss.detach())
             if s.lpips_weight and self.lpips is not None:
-                perceptual = self.lpips(image, target_image).mean()
+                perceptual = self.lpips(reconstruction, target_image).mean()
                 loss = loss + s.lpips_weight * perceptual
                 stats["lpips"] = float(perceptual.detach())
         optimizer = self.optimizers["encoder"]

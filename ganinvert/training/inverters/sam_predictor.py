@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -45,6 +44,7 @@ from ...models.sam_predictor import InvertibilityPredictor, save_predictor
 from ...models.stylegan2 import StyleGAN2Generator
 from ..trainer import random_noise
 from .loop import InverterTrainer, register_trainer
+from .shifts import ShiftSettings
 
 TARGETS_DIR = "targets"
 #: Settings that define the cached training set (the others may change between runs that share it).
@@ -53,13 +53,10 @@ DATASET_FIELDS = ("images", "teacher_images", "shifted_fraction", "max_angle", "
 
 
 @dataclass
-class SamPredictorSettings:
-    """Attributes:
+class SamPredictorSettings(ShiftSettings):
+    """Attributes (and the shift ranges of :class:`~.shifts.ShiftSettings`):
         images: size of the training set (inverted once).
         teacher_images: how many of them come from the gan-face-generate teacher (0: none).
-        shifted_fraction: fraction of the pictures given a random geometric shift.
-        max_angle, min_scale, max_scale, max_translation: ranges of the shift (degrees, zoom
-            factor, fraction of the side); the border is reflected or black, at random.
         error_steps: steps of each probe inversion (SAM's ``single_latent_inv.py`` runs 1001 at
             256-1024 px; 50 keeps the 64 px training set within minutes of one CPU core).
         error_metric: "lpips" (SAM) or "mse".
@@ -70,11 +67,6 @@ class SamPredictorSettings:
 
     images: int = 96
     teacher_images: int = 16
-    shifted_fraction: float = 0.75
-    max_angle: float = 30.0
-    min_scale: float = 0.8
-    max_scale: float = 1.25
-    max_translation: float = 0.15
     error_steps: int = 50
     error_metric: str = "lpips"
     chunk: int = 16
@@ -87,19 +79,11 @@ class SamPredictorSettings:
         if self.images < 1 or not 0 <= self.teacher_images <= self.images:
             raise GanInvertError(f"sam-predictor needs images >= 1 and 0 <= teacher_images <= images, "
                                  f"got {self.images} and {self.teacher_images}")
-        if not 0.0 <= self.shifted_fraction <= 1.0:
-            raise GanInvertError(f"shifted_fraction must be in [0, 1], got {self.shifted_fraction}")
-        if not 0 < self.min_scale <= self.max_scale or self.max_angle < 0 or self.max_translation < 0:
-            raise GanInvertError("sam-predictor shift ranges must have 0 < min_scale <= max_scale, max_angle >= 0 "
-                                 "and max_translation >= 0")
+        self.shifts  # validates the shift ranges
         if self.error_steps < 1 or self.chunk < 1 or not self.lr > 0:
             raise GanInvertError("sam-predictor needs error_steps >= 1, chunk >= 1 and lr > 0")
         if self.error_metric not in ERROR_METRICS:
             raise GanInvertError(f"error_metric must be one of {', '.join(ERROR_METRICS)}, got {self.error_metric!r}")
-
-
-def _uniform(rng: torch.Generator, low: float, high: float) -> float:
-    return low + (high - low) * float(torch.rand((), generator=rng))
 
 
 @torch.no_grad()
@@ -124,12 +108,9 @@ def draw_training_images(G: StyleGAN2Generator, s: SamPredictorSettings, seed: i
     images = torch.cat(images)
     shifted = []
     for x in images:
-        if float(torch.rand((), generator=rng)) < s.shifted_fraction:
-            border = "reflect" if float(torch.rand((), generator=rng)) < 0.5 else "black"
-            x = affine_shift(x[None], angle=_uniform(rng, -s.max_angle, s.max_angle),
-                             scale=math.exp(_uniform(rng, math.log(s.min_scale), math.log(s.max_scale))),
-                             tx=_uniform(rng, -s.max_translation, s.max_translation),
-                             ty=_uniform(rng, -s.max_translation, s.max_translation), border=border)[0]
+        shift = s.shifts.draw(rng)
+        if shift is not None:
+            x = affine_shift(x[None], **shift)[0]
         shifted.append(x.clamp(-1, 1))
     return torch.stack(shifted)
 
