@@ -41,7 +41,7 @@ def test_shift_pairs_moves_image_and_features_alike() -> None:
     features = torch.randn(2, 5, 8, 8, generator=g)
     # A quarter-side translation to the right: 8 image pixels, 2 feature cells; black border.
     shift = {"angle": 0.0, "scale": 1.0, "tx": 0.25, "ty": 0.0, "border": "black"}
-    out_image, out_features, out_rendered, mask = shift_pairs(image, features, rendered, [None, shift])
+    out_image, out_rendered, out_features, mask = shift_pairs([None, shift], image, rendered, features)
     assert torch.equal(out_image[0], image[0]) and torch.equal(out_features[0], features[0])
     assert torch.equal(mask[0], torch.ones(1, 8, 8))
     assert torch.allclose(out_image[1, :, :, 8:], image[1, :, :, :-8], atol=1e-5)
@@ -53,5 +53,8 @@ def test_shift_pairs_moves_image_and_features_alike() -> None:
     # A reflected border keeps a target everywhere; the inputs are never modified in place.
     reflect = {**shift, "border": "reflect", "angle": 15.0, "scale": math.exp(0.1)}
     before = features.clone()
-    *_, mask = shift_pairs(image, features, rendered, [reflect, reflect])
+    *_, mask = shift_pairs([reflect, reflect], image, rendered, features)
     assert torch.equal(mask, torch.ones_like(mask)) and torch.equal(features, before)
+    # Without a rendering and a base code only the picture is warped.
+    warped, no_rendering, no_features, no_mask = shift_pairs([shift], image[1:])
+    assert torch.equal(warped, out_image[1:]) and no_rendering is None and no_features is None and no_mask is None

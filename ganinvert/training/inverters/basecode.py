@@ -59,30 +59,37 @@ DETAIL_CODES = ("mean", "sample")
 
 
 @torch.no_grad()
-def shift_pairs(image: torch.Tensor, features: torch.Tensor, rendered: torch.Tensor,
-                shifts: list[dict[str, Any] | None]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Warp each picture, its base code and its rendering by the same shift (None: left alone).
+def shift_pairs(shifts: list[dict[str, Any] | None], image: torch.Tensor, rendered: torch.Tensor | None = None,
+                features: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+    """Warp each picture, and its rendering and base code when given, by the same shift (None: left alone).
 
     The shift is defined in normalised coordinates, so one transform moves the image and the
     16x16 feature map together (convolutions are close to equivariant, so the warped code renders
-    close to the warped picture). Returns the three warped tensors and a (N, 1, r, r) mask of the
-    feature positions whose target is known: a black border has no feature target, and only the
-    image terms train the code there.
+    close to the warped picture). Returns the warped ``image``, ``rendered`` and ``features`` (None
+    where not given) and, with ``features``, a (N, 1, r, r) mask of the feature positions whose
+    target is known: a black border has no feature target, and only the image terms train the code
+    there.
     """
-    image, features, rendered = image.clone(), features.clone(), rendered.clone()
-    mask = torch.ones_like(features[:, :1])
+    image = image.clone()
+    rendered = None if rendered is None else rendered.clone()
+    features = None if features is None else features.clone()
+    mask = None if features is None else torch.ones_like(features[:, :1])
     for i, shift in enumerate(shifts):
         if shift is None:
             continue
         image[i] = affine_shift(image[i:i + 1], **shift)[0]
-        rendered[i] = affine_shift(rendered[i:i + 1], **shift)[0]
+        if rendered is not None:
+            rendered[i] = affine_shift(rendered[i:i + 1], **shift)[0]
+        if features is None:
+            continue
         geometry = {k: v for k, v in shift.items() if k != "border"}
         grid = affine_grid(features[i:i + 1].shape, dtype=features.dtype, device=features.device, **geometry)
         padding = "reflection" if shift["border"] == "reflect" else "zeros"
         features[i] = F.grid_sample(features[i:i + 1], grid, padding_mode=padding, align_corners=False)[0]
         if shift["border"] != "reflect":
             mask[i] = F.grid_sample(mask[i:i + 1], grid, padding_mode="zeros", align_corners=False)[0]
-    return image, features, rendered, mask
+    return image, rendered, features, mask
 
 
 @dataclass
@@ -145,21 +152,26 @@ class BaseCodeTrainer(InverterTrainer):
         s, G = self.settings, self.G
         batch = self.data.generated(self.config.batch)
         with torch.no_grad():
-            features = G.block_features(batch.ws, s.block, batch.noise).features
-            variance = features.var().clamp_min(1e-12)
+            # The generator's own activation is needed only to regress it or to render with the sample's codes.
+            features = None
+            if s.feature_weight or s.detail_codes == "sample":
+                features = G.block_features(batch.ws, s.block, batch.noise).features
             if s.detail_codes == "mean":
-                detail_ws, rendered = G.broadcast(G.w_avg[None]).expand_as(batch.ws), batch.image
+                detail_ws, rendered = G.broadcast(G.w_avg[None]).expand_as(batch.ws), None
             else:
                 detail_ws = batch.ws
                 rendered = G.synthesis(batch.ws, batch.noise, feature_entry=FeatureEntry(s.block, features))
         shifts = [s.shifts.draw(self.data.rng) for _ in range(len(batch.image))]
-        image, features, target_image, mask = shift_pairs(batch.image, features, rendered, shifts)
+        image, rendered, shifted_features, mask = shift_pairs(shifts, batch.image, rendered, features)
+        target_image = image if rendered is None else rendered
         predicted = self.encoder(image)
         loss, stats = predicted.new_zeros(()), {}
         if s.feature_weight:
             # MSE over the positions with a target, relative to the batch's feature variance, so the
             # weight does not depend on the block's scale.
-            feature_loss = ((predicted - features).square() * mask).mean() / mask.mean().clamp_min(1e-12) / variance
+            variance = features.var().clamp_min(1e-12)
+            squared = (predicted - shifted_features).square() * mask
+            feature_loss = squared.mean() / mask.mean().clamp_min(1e-12) / variance
             loss = loss + s.feature_weight * feature_loss
             stats["feature_nmse"] = float(feature_loss.detach())
         if s.image_weight or (s.lpips_weight and self.lpips is not None):
