@@ -107,6 +107,11 @@ def in_domain_images(G: StyleGAN2Generator, n: int = 1, seed: int = 1) -> torch.
         return G(torch.randn(n, G.style_dim, generator=g).to(G.w_avg))
 
 
+def generated_images(G: StyleGAN2Generator, n: int = 2, seed: int = 0) -> torch.Tensor:
+    """``n`` renders of G from z drawn with ``seed``, clamped to the image range [-1, 1]."""
+    return in_domain_images(G, n, seed).clamp(-1, 1)
+
+
 def assert_resume_matches_uninterrupted(G: StyleGAN2Generator, target: torch.Tensor, method: str,
                                         settings: dict, stop_at: int, checkpoint: Path) -> None:
     """Kill ``invert`` after step ``stop_at`` (checkpointing every ``stop_at`` steps), resume it, and
@@ -133,6 +138,36 @@ def assert_resume_matches_uninterrupted(G: StyleGAN2Generator, target: torch.Ten
     assert resumed.params.keys() == full.params.keys()
     for name, value in full.params.items():
         torch.testing.assert_close(resumed.params[name], value, atol=1e-6, rtol=0, msg=name)
+
+
+def same_safetensors(a: Path, b: Path) -> bool:
+    """Whether two .safetensors files hold the same tensor names and bit-identical values."""
+    from safetensors.torch import load_file
+    x, y = load_file(str(a)), load_file(str(b))
+    return x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x)
+
+
+def assert_training_resumes_bit_identically(monkeypatch: pytest.MonkeyPatch, trainer: type,
+                                            train: Callable[[str, bool], Path]) -> None:
+    """Kill a ``train_inverter`` run at step 3 (after its step-2 checkpoint), resume it, and check
+    that it exports the uninterrupted run's network bit for bit.
+
+    ``train(run_name, resume)`` runs 4 steps of ``trainer`` with a checkpoint every 2 steps in a
+    directory named ``run_name`` and returns the exported network's path.
+    """
+    whole = train("whole", False)
+    real_step = trainer.train_step
+
+    def killed_at_three(self, step):
+        if step == 3:
+            raise KeyboardInterrupt  # the process dies after the checkpoint of step 2
+        return real_step(self, step)
+
+    monkeypatch.setattr(trainer, "train_step", killed_at_three)
+    with pytest.raises(KeyboardInterrupt):
+        train("cut", False)
+    monkeypatch.setattr(trainer, "train_step", real_step)
+    assert same_safetensors(whole, train("cut", True))
 
 
 def state_hash(module: torch.nn.Module) -> str:

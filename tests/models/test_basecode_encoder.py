@@ -12,18 +12,12 @@ from ganinvert.inversion import invert
 from ganinvert.inversion.methods import make_method
 from ganinvert.models.basecode_encoder import (BaseCodeEncoder, encoder_input_side, load_basecode_encoder,
                                                save_basecode_encoder)
-from tests.conftest import make_random_generator
+from tests.conftest import generated_images, make_random_generator
 
 
 @pytest.fixture(scope="module")
 def G():
     return make_random_generator(resolution=32, style_dim=16, channels={4: 16, 8: 16, 16: 8, 32: 8})
-
-
-def _images(G, n: int = 2, seed: int = 0) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        return G.synthesis(G.broadcast(G.mapping(torch.randn(n, G.style_dim, generator=g)))).clamp(-1, 1)
 
 
 def _rngs(n: int) -> list[torch.Generator]:
@@ -34,12 +28,12 @@ def test_input_side_is_eight_times_the_feature_side_at_most_the_image(G) -> None
     assert encoder_input_side(G, 0) == 32     # 8 * 4
     assert encoder_input_side(G, 1) == 32     # min(8 * 8, 32)
     encoder = BaseCodeEncoder.for_generator(G, block=0, base_width=4)
-    assert encoder.config["input_side"] == 32 and encoder(_images(G)).shape == (2, 16, 4, 4)
+    assert encoder.config["input_side"] == 32 and encoder(generated_images(G)).shape == (2, 16, 4, 4)
 
 
 def test_predicts_the_block_shape_and_validates_images(G) -> None:
     encoder = BaseCodeEncoder.for_generator(G, block=2, base_width=4)
-    assert encoder(_images(G, 3)).shape == (3, *G.feature_shape(2))
+    assert encoder(generated_images(G, 3)).shape == (3, *G.feature_shape(2))
     with pytest.raises(GanInvertError, match="expects"):
         encoder(torch.zeros(1, 3, 16, 16))
     with pytest.raises(GanInvertError, match="power of two"):
@@ -49,7 +43,7 @@ def test_predicts_the_block_shape_and_validates_images(G) -> None:
 def test_files_round_trip_and_check_the_block(G, tmp_path: Path) -> None:
     encoder = BaseCodeEncoder.for_generator(G, block=1, base_width=4).eval()
     path = save_basecode_encoder(encoder, tmp_path / "e.safetensors", G)
-    x = _images(G)
+    x = generated_images(G)
     assert torch.equal(load_basecode_encoder(path, G, block=1)(x), encoder(x))
     with pytest.raises(GanInvertError, match="block 1"):
         load_basecode_encoder(path, G, block=2)
@@ -59,7 +53,7 @@ def test_files_round_trip_and_check_the_block(G, tmp_path: Path) -> None:
 def test_feature_methods_start_from_the_encoder_file(G, tmp_path: Path, name: str) -> None:
     encoder = BaseCodeEncoder.for_generator(G, block=1, base_width=4).eval()
     path = save_basecode_encoder(encoder, tmp_path / "e.safetensors", G)
-    x = _images(G)
+    x = generated_images(G)
     method = make_method(name, overrides={"encoder_path": str(path), "feature_block": 1})
     params = method.init_params(G, x, _rngs(2))
     assert torch.allclose(params["features"], encoder(x))
@@ -75,7 +69,7 @@ def test_feature_methods_start_from_the_encoder_file(G, tmp_path: Path, name: st
 def test_basecode_term_pulls_towards_the_prediction(G, tmp_path: Path) -> None:
     encoder = BaseCodeEncoder.for_generator(G, block=1, base_width=4).eval()
     path = save_basecode_encoder(encoder, tmp_path / "e.safetensors", G)
-    x = _images(G)
+    x = generated_images(G)
     settings = {"encoder_path": str(path), "feature_block": 1, "steps": 5, "lambda_lpips": 0.0, "lr": 0.05}
     free = invert(G, x, "fz+", settings=settings, progress=False)
     pulled = invert(G, x, "fz+", settings={**settings, "basecode_weight": 1e4}, progress=False)

@@ -15,18 +15,12 @@ from ganinvert.models.encoders import save_network
 from ganinvert.models.encoders import optional_network_path
 from ganinvert.models.sam_predictor import (InvertibilityPredictor, load_predictor, predict_label_map, rgb_to_lab,
                                             save_predictor, segment_mean, superpixels)
-from tests.conftest import make_random_generator
+from tests.conftest import generated_images, make_random_generator
 
 
 @pytest.fixture(scope="module")
 def G():
     return make_random_generator(resolution=32, style_dim=16, channels={4: 16, 8: 16, 16: 8, 32: 8})
-
-
-def _images(G, n: int = 2, seed: int = 0) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        return G.synthesis(G.broadcast(G.mapping(torch.randn(n, G.style_dim, generator=g)))).clamp(-1, 1)
 
 
 def _constant_predictor(errors: list[float]) -> InvertibilityPredictor:
@@ -42,10 +36,10 @@ def _constant_predictor(errors: list[float]) -> InvertibilityPredictor:
 
 def test_maps_have_one_non_negative_channel_per_space(G) -> None:
     predictor = InvertibilityPredictor(32, ["w+", "2"], map_side=8, base_width=4)
-    log_maps, maps = predictor(_images(G, 3)), predictor.maps(_images(G, 3))
+    log_maps, maps = predictor(generated_images(G, 3)), predictor.maps(generated_images(G, 3))
     assert log_maps.shape == maps.shape == (3, 2, 8, 8) and (maps >= 0).all()
     assert torch.allclose(predictor.log_target(maps), log_maps, atol=1e-5)
-    assert predictor.predict_maps(_images(G, 1)).shape == (1, 2, 32, 32)
+    assert predictor.predict_maps(generated_images(G, 1)).shape == (1, 2, 32, 32)
     with pytest.raises(GanInvertError, match="map_side"):
         InvertibilityPredictor(32, ["w+"], map_side=32)
     with pytest.raises(GanInvertError, match="expected images"):
@@ -80,7 +74,7 @@ def test_segment_mean_averages_inside_segments() -> None:
 
 
 def test_label_map_takes_the_earliest_space_below_tau(G) -> None:
-    x = _images(G, 2)
+    x = generated_images(G, 2)
     predictor = _constant_predictor([0.5, 0.1])
     assert (predict_label_map(predictor, x, tau=0.6) == 0).all()
     assert (predict_label_map(predictor, x, tau=0.2) == 1).all()
@@ -99,7 +93,7 @@ def test_files_round_trip_and_refuse_other_kinds(G, tmp_path: Path) -> None:
     predictor = InvertibilityPredictor(32, ["w+", "2"], map_side=8, base_width=4)
     path = save_predictor(predictor, tmp_path / "p.safetensors", G, meta={"steps": 1})
     loaded = load_predictor(path, G)
-    x = _images(G)
+    x = generated_images(G)
     assert torch.equal(loaded(x), predictor.eval()(x)) and loaded.config == predictor.config
     save_network(torch.nn.Linear(2, 2), tmp_path / "other.safetensors", kind="fz-encoder", config={}, generator=G)
     with pytest.raises(CheckpointError, match="not a sam-predictor"):
@@ -119,7 +113,7 @@ def test_sam_opt_uses_the_predictor_file(G, tmp_path: Path, errors: list[float],
     settings = {"predictor_path": str(path), "steps": 3, "tau": 0.1, "lambda_lpips": 0.0}
     method = make_method("sam-opt", overrides=settings)
     assert [st.name for st in method.stages(G)] == ["main"]  # no probe inversions
-    result = invert(G, _images(G), "sam-opt", settings=settings, progress=False)
+    result = invert(G, generated_images(G), "sam-opt", settings=settings, progress=False)
     assert (result.params["labels"] == label).all()
     assert result.params["mask.2"].sum() == (0 if label == 0 else result.params["mask.2"].numel())
     assert torch.allclose(result.params["error.w+"], torch.tensor(errors[0]), atol=1e-5)
@@ -134,9 +128,9 @@ def test_default_tau_is_the_predictors_calibrated_threshold(G, tmp_path: Path) -
     assert load_predictor(calibrated, G).calibrated_tau == 0.03 and load_predictor(uncalibrated, G).calibrated_tau is None
     for path, label in ((calibrated, 1), (uncalibrated, 0)):
         settings = {"predictor_path": str(path), "steps": 1, "lambda_lpips": 0.0}
-        assert (invert(G, _images(G), "sam-opt", settings=settings, progress=False).params["labels"] == label).all()
+        assert (invert(G, generated_images(G), "sam-opt", settings=settings, progress=False).params["labels"] == label).all()
     explicit = {"predictor_path": str(calibrated), "steps": 1, "lambda_lpips": 0.0, "tau": 0.1}
-    assert (invert(G, _images(G), "sam-opt", settings=explicit, progress=False).params["labels"] == 0).all()
+    assert (invert(G, generated_images(G), "sam-opt", settings=explicit, progress=False).params["labels"] == 0).all()
 
 
 def test_sam_opt_without_a_predictor_measures_the_map(G, tmp_path: Path) -> None:
@@ -145,7 +139,7 @@ def test_sam_opt_without_a_predictor_measures_the_map(G, tmp_path: Path) -> None
     mismatched = InvertibilityPredictor(32, ["w+", "1", "2"], map_side=8, base_width=4)
     path = save_predictor(mismatched, tmp_path / "p.safetensors", G)
     with pytest.raises(GanInvertError, match="predicts spaces"):
-        invert(G, _images(G, 1), "sam-opt", settings={"predictor_path": str(path), "steps": 1, "lambda_lpips": 0.0},
+        invert(G, generated_images(G, 1), "sam-opt", settings={"predictor_path": str(path), "steps": 1, "lambda_lpips": 0.0},
                progress=False)
 
 

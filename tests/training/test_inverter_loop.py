@@ -16,6 +16,7 @@ from ganinvert.models.hyperinverter import load_hyperinverter, load_wencoder
 from ganinvert.models.loading import save_generator
 from ganinvert.training.inverters import InverterTrainConfig, train_inverter
 from ganinvert.training.inverters.hyperinverter import HyperTrainer
+from tests.conftest import assert_training_resumes_bit_identically
 
 TINY_E1 = {"base_width": 4, "max_width": 16, "hidden": 32}
 TINY_E2 = {"base_width": 4, "max_width": 16, "feature_dim": 32, "hidden_dim": 4}
@@ -73,21 +74,10 @@ def test_phase_two_improves_on_e1(generator, e1_file: Path, tmp_path: Path) -> N
 
 def test_kill_and_resume_is_bit_identical(generator, e1_file: Path, tmp_path: Path, monkeypatch) -> None:
     G = generator
-    whole = train_inverter(G, _hyper_config(tmp_path / "whole", e1_file, steps=4, checkpoint_every=2))
-    real_step = HyperTrainer.train_step
-
-    def killed_at_three(self, step):
-        if step == 3:
-            raise KeyboardInterrupt  # the process dies after the checkpoint of step 2
-        return real_step(self, step)
-
-    monkeypatch.setattr(HyperTrainer, "train_step", killed_at_three)
-    with pytest.raises(KeyboardInterrupt):
-        train_inverter(G, _hyper_config(tmp_path / "cut", e1_file, steps=4, checkpoint_every=2))
-    monkeypatch.setattr(HyperTrainer, "train_step", real_step)
-    resumed = train_inverter(G, _hyper_config(tmp_path / "cut", e1_file, steps=4, checkpoint_every=2, resume=True))
-    a, b = load_file(str(whole)), load_file(str(resumed))
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert_training_resumes_bit_identically(
+        monkeypatch, HyperTrainer,
+        lambda name, resume: train_inverter(G, _hyper_config(tmp_path / name, e1_file, steps=4, checkpoint_every=2,
+                                                             resume=resume)))
     # Extending a finished phase-I run continues it as if it had been asked for more steps at once.
     longer = _train_e1(G, tmp_path / "e1_long", steps=4)
     _train_e1(G, tmp_path / "e1_ext", steps=2)

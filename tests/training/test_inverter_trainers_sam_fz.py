@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
 from ganinvert.cli import main as cli_main
 from ganinvert.errors import GanInvertError
@@ -20,7 +19,7 @@ from ganinvert.models.stylegan2 import FeatureEntry
 from ganinvert.training.inverters.basecode import BaseCodeSettings, BaseCodeTrainer
 from ganinvert.training.inverters import sam_predictor as module
 from ganinvert.training.inverters.sam_predictor import SamPredictorTrainer, true_error_maps
-from tests.conftest import make_random_generator
+from tests.conftest import assert_training_resumes_bit_identically, make_random_generator, same_safetensors
 
 FZ = {"block": 1, "base_width": 4, "lpips_weight": 0.0, "lr": 3e-3}
 SAM = {"images": 6, "teacher_images": 0, "error_steps": 3, "error_metric": "mse", "chunk": 3, "map_side": 8,
@@ -35,11 +34,6 @@ def G():
 def _config(kind: str, out: Path, steps: int, settings: dict, **kwargs) -> InverterTrainConfig:
     return InverterTrainConfig(kind=kind, out=out, steps=steps, batch=4, settings=dict(settings), log_every=1,
                                **kwargs)
-
-
-def _same_files(a: Path, b: Path) -> bool:
-    x, y = load_file(str(a)), load_file(str(b))
-    return x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x)
 
 
 @pytest.mark.parametrize("settings", [{}, {"detail_codes": "sample", "feature_weight": 1.0, "image_weight": 0.0}])
@@ -101,20 +95,10 @@ def test_true_maps_are_the_probe_errors(G) -> None:
 @pytest.mark.parametrize("kind, settings, trainer", [("fz-encoder", FZ, BaseCodeTrainer),
                                                      ("sam-predictor", SAM, SamPredictorTrainer)])
 def test_kill_and_resume_is_bit_identical(G, tmp_path: Path, monkeypatch, kind, settings, trainer) -> None:
-    whole = train_inverter(G, _config(kind, tmp_path / "whole", 4, settings, checkpoint_every=2))
-    real_step = trainer.train_step
-
-    def killed_at_three(self, step):
-        if step == 3:
-            raise KeyboardInterrupt  # the process dies after the checkpoint of step 2
-        return real_step(self, step)
-
-    monkeypatch.setattr(trainer, "train_step", killed_at_three)
-    with pytest.raises(KeyboardInterrupt):
-        train_inverter(G, _config(kind, tmp_path / "cut", 4, settings, checkpoint_every=2))
-    monkeypatch.setattr(trainer, "train_step", real_step)
-    resumed = train_inverter(G, _config(kind, tmp_path / "cut", 4, settings, checkpoint_every=2, resume=True))
-    assert _same_files(whole, resumed)
+    assert_training_resumes_bit_identically(
+        monkeypatch, trainer,
+        lambda name, resume: train_inverter(G, _config(kind, tmp_path / name, 4, settings, checkpoint_every=2,
+                                                       resume=resume)))
 
 
 def test_sam_training_set_build_resumes_from_its_cache(G, tmp_path: Path, monkeypatch) -> None:
@@ -137,7 +121,7 @@ def test_sam_training_set_build_resumes_from_its_cache(G, tmp_path: Path, monkey
     monkeypatch.setattr(module, "true_error_maps", lambda *a, **k: (calls.append(1), real_maps(*a, **k))[1])
     again = train_inverter(G, _config("sam-predictor", tmp_path / "cut", 2, SAM))
     assert len(calls) == 1  # only the missing chunk was inverted
-    assert _same_files(whole, again)
+    assert same_safetensors(whole, again)
     # Targets of other settings are never mixed in.
     (tmp_path / "cut" / "checkpoint.pt").unlink()
     with pytest.raises(GanInvertError, match="other settings"):
