@@ -46,6 +46,19 @@ def pick_device(device: str | None) -> torch.device:
     return dev
 
 
+def device_images_generator(device: str | None, images: Sequence[Path], generator: str
+                            ) -> tuple[torch.device, list[Path], Any]:
+    """The device, the image files under ``images`` (GanInvertError when there are none) and the
+    generator loaded onto that device: the common start of the commands that read images."""
+    from .io import list_images
+    from .models import load_generator
+    dev = pick_device(device)
+    paths = list_images(images)
+    if not paths:
+        raise GanInvertError("no images found in the given paths")
+    return dev, paths, load_generator(generator, dev)
+
+
 def load_lpips(weights: str | None, disabled: bool, device: torch.device):
     """The LPIPS module, or None with --no-lpips."""
     if disabled:
@@ -131,20 +144,15 @@ def invert_command(images: tuple[Path, ...], generator: str, method: str, preset
                    checkpoint_every: int, lpips_weights: str | None, no_lpips: bool, device: str | None) -> None:
     """Invert IMAGES (files or folders) and write, per image, OUT/<stem>/ with the reconstruction,
     a side-by-side, metrics.json, the loss/PSNR curve and the result file."""
-    from .io import list_images, load_image
+    from .io import load_image
     from .inversion import invert, make_method
     from .inversion.report import write_inversion_outputs
-    from .models import load_generator
 
     settings = method_settings(overrides, steps, no_lpips)
     if batch_size <= 0 or checkpoint_every <= 0:
         raise GanInvertError("--batch-size and --checkpoint-every must be > 0")
     make_method(method, preset, settings)  # validate before loading anything heavy
-    dev = pick_device(device)
-    paths = list_images(images)
-    if not paths:
-        raise GanInvertError("no images found in the given paths")
-    G = load_generator(generator, dev)
+    dev, paths, G = device_images_generator(device, images, generator)
     targets = [load_image(p, G.resolution, fit) for p in paths]
     lpips = load_lpips(lpips_weights, no_lpips, dev)
     stems = unique_stems(paths)

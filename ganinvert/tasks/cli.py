@@ -86,8 +86,7 @@ def _build_commands(main_cli: Any) -> dict[str, click.Command]:
         psnr_measurement of the degraded input; sr inputs are upsampled bicubically), curve.png and
         the result file."""
         from ..inversion import make_method
-        from ..io import list_images, load_image
-        from ..models import load_generator
+        from ..io import load_image
         from .operators import make_operator
         from .restore import load_measurement, restore, write_restoration_outputs
 
@@ -98,11 +97,7 @@ def _build_commands(main_cli: Any) -> dict[str, click.Command]:
             raise GanInvertError("compressed-sensing measurements are not images; --measured works for "
                                  "denoise, inpaint and sr")
         make_method(method, preset, settings)  # validate before loading anything heavy
-        dev = pick_device(device)
-        paths = list_images(images)
-        if not paths:
-            raise GanInvertError("no images found in the given paths")
-        G = load_generator(generator, dev)
+        dev, paths, G = main_cli.device_images_generator(device, images, generator)
         # The noise level does not enter the inversion (A is the identity), so measured denoising needs no --sigma.
         op_sigma = 0.0 if (measured and task == "denoise" and sigma is None) else sigma
         op = make_operator(task, image_size=G.resolution, sigma=op_sigma, fraction=fraction, mask=mask,
@@ -254,9 +249,8 @@ def _build_commands(main_cli: Any) -> dict[str, click.Command]:
         OUT/<stem>/ with variants.png (targets over reconstructions), the traversal along the direction
         (traversal_strip.png, traversal.gif, frames), discovery.json (alphas, PSNR per variant) and the result."""
         from ..inversion import make_method
-        from ..io import atomic_write_json, image_strip, list_images, load_image, save_pil
+        from ..io import atomic_write_json, image_strip, load_image, save_pil
         from ..inversion.report import image_metrics, plot_curves
-        from ..models import load_generator
         from .discovery import (DEFAULT_FACTORS, alphas, attribute_variants, discover, traversal_alphas, traverse,
                                 variant_reconstructions)
         from .editing import write_frames
@@ -272,11 +266,7 @@ def _build_commands(main_cli: Any) -> dict[str, click.Command]:
         if frames_per_segment < 1 or frame_ms <= 0:
             raise GanInvertError("--frames-per-segment and --frame-ms must be > 0")
         make_method("discover", preset, {**settings, "attribute": attribute, "factors": values})
-        dev = pick_device(device)
-        paths = list_images(images)
-        if not paths:
-            raise GanInvertError("no images found in the given paths")
-        G = load_generator(generator, dev)
+        dev, paths, G = main_cli.device_images_generator(device, images, generator)
         batch = torch.cat([load_image(p, G.resolution, fit) for p in paths]).to(dev)
         result = discover(G, batch, attribute, values, preset=preset, settings=settings, seed=seed)
         learned = alphas(result)
