@@ -5,7 +5,7 @@
 >>> result = ganinvert.invert(G, image, "sphinx")      # doctest: +SKIP
 """
 
-__version__ = "0.1.0"
+from .version import __version__  # noqa: E402
 
 from .errors import GanInvertError  # noqa: E402
 from .models.loading import load_generator  # noqa: E402

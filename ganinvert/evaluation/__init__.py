@@ -8,8 +8,10 @@ Example::
     run_evaluation(config, "eval-out", workers=2)
 """
 
-from .runner import EvaluationConfig, MethodSpec, RunStats, derive_seed, parse_methods, plan_evaluation, run_evaluation
-from .suites import SUITES, Shift, Suite, affine_shift, make_suite
+from ..tasks.geometry import affine_shift
+from .plan import EvaluationConfig, MethodSpec, RunStats, parse_methods
+from .runner import derive_seed, plan_evaluation, run_evaluation
+from .suites import SUITES, Shift, Suite, make_suite
 
 __all__ = ["SUITES", "EvaluationConfig", "MethodSpec", "RunStats", "Shift", "Suite", "affine_shift", "derive_seed",
            "make_suite", "parse_methods", "plan_evaluation", "run_evaluation"]

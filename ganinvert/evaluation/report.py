@@ -18,17 +18,17 @@ from __future__ import annotations
 import csv
 import io
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
 from PIL import Image
 
 from ..io import atomic_write_bytes, image_strip, load_image, save_pil
+from .cells import cell_json_path
+from .plan import EvaluationConfig, Plan
 from .suites import safe_name
 
-if TYPE_CHECKING:
-    from .runner import EvaluationConfig, Plan
 
 RESULT_COLUMNS = ("suite", "shift", "family", "severity", "image", "method", "psnr", "ssim", "lpips",
                   "seconds", "seed")
@@ -184,9 +184,8 @@ def _gray_tile(size: int) -> torch.Tensor:
     return torch.zeros(1, 3, size, size)
 
 
-def write_grids(plan: "Plan", rows: Sequence[dict[str, Any]], out: Path, grid_images: int) -> list[tuple[str, Path]]:
+def write_grids(plan: Plan, rows: Sequence[dict[str, Any]], out: Path, grid_images: int) -> list[tuple[str, Path]]:
     """One PNG per shift (per suite when grouped): rows = images, columns = clean, input, methods."""
-    from .runner import cell_json_path
 
     suite = plan.suite
     psnr = {(r["shift"], r["image"], r["method"]): r.get("psnr") for r in rows}
@@ -226,7 +225,7 @@ def write_grids(plan: "Plan", rows: Sequence[dict[str, Any]], out: Path, grid_im
     return written
 
 
-def write_report(plan: "Plan", config: "EvaluationConfig", rows: Sequence[dict[str, Any]], out: Path,
+def write_report(plan: Plan, config: EvaluationConfig, rows: Sequence[dict[str, Any]], out: Path,
                  grid_images: int = 4) -> None:
     """Write every output listed in the module docstring from ``rows`` (see ``collect_rows``)."""
     from ..io import atomic_write_json
@@ -247,7 +246,7 @@ def write_report(plan: "Plan", config: "EvaluationConfig", rows: Sequence[dict[s
     atomic_write_bytes(out / "report.md", _report_markdown(plan, config, rows, tables, plots, grids, out).encode())
 
 
-def _report_markdown(plan: "Plan", config: "EvaluationConfig", rows: Sequence[dict[str, Any]], tables: str,
+def _report_markdown(plan: Plan, config: EvaluationConfig, rows: Sequence[dict[str, Any]], tables: str,
                      plots: Sequence[Path], grids: Sequence[tuple[str, Path]], out: Path) -> str:
     suite = plan.suite
     image_counts = sorted({len(v) for v in plan.images.values()})

@@ -40,17 +40,18 @@ import multiprocessing
 import os
 import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import torch
 
 from ..errors import GanInvertError
-from ..io import atomic_write_bytes, atomic_write_json
-from .suites import ImageRef, Problem, Shift, Suite, make_suite, safe_name
+from ..models.loading import file_sha256
+from .cells import CELL_FORMAT, read_cell, write_cell
+from .plan import CellTask, EvaluationConfig, Plan, RunStats, Unit
+from .suites import ImageRef, Problem, make_suite, safe_name
 
-CELL_FORMAT = "ganinvert-evaluate-cell/1"
 #: Decimals of PSNR / SSIM / LPIPS in the cells and results.csv (rounded once, in the worker).
 METRIC_DECIMALS = 4
 SECONDS_DECIMALS = 3
@@ -58,156 +59,6 @@ SECONDS_DECIMALS = 3
 RAY_LOCAL = "local"
 
 Log = Callable[[str], None]
-
-
-# ----------------------------------------------------------------------------- configuration
-@dataclass(frozen=True)
-class MethodSpec:
-    """A method of the comparison: registry name, preset (None = the method's default) and
-    setting overrides. Written ``name`` or ``name:preset`` on the command line.
-
-    >>> MethodSpec.parse("sphinx:sphinx-paper").label
-    'sphinx:sphinx-paper'
-    """
-
-    name: str
-    preset: str | None = None
-    overrides: tuple[tuple[str, Any], ...] = ()
-
-    @property
-    def label(self) -> str:
-        return self.name if self.preset is None else f"{self.name}:{self.preset}"
-
-    @classmethod
-    def parse(cls, text: str) -> "MethodSpec":
-        name, sep, preset = text.strip().partition(":")
-        if not name or (sep and not preset):
-            raise GanInvertError(f"bad method {text!r}: expected NAME or NAME:PRESET")
-        return cls(name, preset or None)
-
-    def with_overrides(self, overrides: dict[str, Any]) -> "MethodSpec":
-        merged = dict(self.overrides)
-        merged.update(overrides)
-        return MethodSpec(self.name, self.preset, tuple(sorted(merged.items())))
-
-    def resolved_preset(self) -> str | None:
-        """The preset used: the given one, else the method's default (None when it has none)."""
-        from ..inversion import list_methods
-        cls = list_methods().get(self.name)
-        return self.preset if self.preset is not None or cls is None else cls.default_preset
-
-    def settings(self) -> dict[str, Any]:
-        """Every setting of the method after preset and overrides (validated)."""
-        from ..inversion import make_method
-        return make_method(self.name, self.preset, dict(self.overrides)).settings.to_dict()
-
-
-def parse_methods(items: str | Sequence[str]) -> list[MethodSpec]:
-    """``"w+,sphinx:sphinx-official"`` (or several such strings) -> method specs, labels unique."""
-    texts = [items] if isinstance(items, str) else list(items)
-    specs = [MethodSpec.parse(t) for text in texts for t in text.split(",") if t.strip()]
-    if not specs:
-        raise GanInvertError("no methods given")
-    labels = [s.label for s in specs]
-    duplicates = sorted({lb for lb in labels if labels.count(lb) > 1})
-    if duplicates:
-        raise GanInvertError(f"method(s) given twice: {', '.join(duplicates)}")
-    return specs
-
-
-@dataclass
-class EvaluationConfig:
-    """Everything that defines an evaluation (the CLI's options).
-
-    Attributes:
-        suite: a name of :data:`ganinvert.evaluation.suites.SUITES`; suite_options: its options.
-        images: image files or folders; methods: the methods compared.
-        generator: checkpoint path or ``"default"``.
-        shifts: shift names (None = the suite's defaults); max_images: first K images per shift.
-        seed: base seed of every cell seed.
-        use_lpips: LPIPS in the loss (the methods' lambda_lpips) and as a metric.
-        lpips_weights: LPIPS weights spec (None = the default search).
-        device: where workers run ("cpu", "cuda", ...).
-    """
-
-    suite: str
-    images: tuple[Path, ...]
-    methods: tuple[MethodSpec, ...]
-    generator: str = "default"
-    suite_options: dict[str, Any] = field(default_factory=dict)
-    shifts: tuple[str, ...] | None = None
-    max_images: int | None = None
-    seed: int = 0
-    use_lpips: bool = True
-    lpips_weights: str | None = None
-    device: str = "cpu"
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["images"] = [str(p) for p in self.images]
-        d["methods"] = [{"label": m.label, "name": m.name, "preset": m.preset, "overrides": dict(m.overrides)}
-                        for m in self.methods]
-        return d
-
-
-@dataclass(frozen=True)
-class CellTask:
-    """One cell, as sent to a worker (plain, picklable data)."""
-
-    key: str
-    fingerprint: str
-    suite: str
-    suite_options: dict[str, Any]
-    shift_names: tuple[str, ...]
-    image: str
-    image_path: str
-    method: str
-    preset: str | None
-    label: str
-    settings: dict[str, Any]
-    seed: int
-    measurement_seed: int
-    generator: str
-    device: str
-    lpips_weights: str | None
-    threads: int
-
-
-#: Cells inverted together as one batch (same shift group and method).
-Unit = Sequence[CellTask]
-
-
-@dataclass
-class Plan:
-    """The evaluation's cells in report order, with what the report needs to order and label them."""
-
-    suite: Suite
-    shifts: list[Shift]
-    images: dict[str, list[ImageRef]]     # shift name -> its images
-    methods: list[MethodSpec]
-    tasks: list[CellTask]
-    units: list[tuple[CellTask, ...]]    # fixed batches: same shift group and method, consecutive images
-    generator_sha256: str
-    lpips_files: list[str]
-
-    def row_order(self) -> dict[tuple[str, str, str], int]:
-        """(shift, image, method label) -> rank: shift-major, then images as listed, then methods."""
-        order: dict[tuple[str, str, str], int] = {}
-        for shift in self.shifts:
-            for image in self.images[shift.name]:
-                for method in self.methods:
-                    order[(shift.name, image.name, method.label)] = len(order)
-        return order
-
-
-@dataclass
-class RunStats:
-    """What one invocation did: cells in the plan, found finished, computed now, wall seconds."""
-
-    total: int
-    already_done: int
-    computed: int
-    seconds: float
 
 
 # ----------------------------------------------------------------------------- seeds and hashes
@@ -219,14 +70,6 @@ def derive_seed(*parts: Any) -> int:
     """
     digest = hashlib.sha256("\x1f".join(str(p) for p in parts).encode()).digest()
     return int.from_bytes(digest[:4], "big") & 0x7FFFFFFF
-
-
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def default_threads(workers: int) -> int:
@@ -243,7 +86,7 @@ def plan_evaluation(config: EvaluationConfig, threads: int, batch_size: int = 1)
     inverted together. Units depend on the plan only, never on what is already done, so a
     resumed run batches exactly as an uninterrupted one.
     """
-    from .. import __version__
+    from ..version import __version__
     from ..models.loading import resolve_generator_path
 
     suite = make_suite(config.suite, **config.suite_options)
@@ -260,19 +103,19 @@ def plan_evaluation(config: EvaluationConfig, threads: int, batch_size: int = 1)
         raise GanInvertError("no methods given")
     settings = {m.label: m.settings() for m in methods}   # validates names, presets and overrides
     groups = suite.plan(config.images, config.shifts, config.max_images)
-    generator_sha = _sha256_file(resolve_generator_path(config.generator))
+    generator_sha = file_sha256(resolve_generator_path(config.generator))
     lpips_files: list[str] = []
     lpips_hashes: list[str] = []
     if config.use_lpips:
         from ..metrics import resolve_lpips_weights
         files = resolve_lpips_weights(config.lpips_weights).files
         lpips_files = [str(f.absolute()) for f in files]
-        lpips_hashes = [_sha256_file(f) for f in files]
+        lpips_hashes = [file_sha256(f) for f in files]
     image_hashes: dict[Path, str] = {}
 
     def image_sha(path: Path) -> str:
         if path not in image_hashes:
-            image_hashes[path] = _sha256_file(path)
+            image_hashes[path] = file_sha256(path)
         return image_hashes[path]
 
     lpips_spec = os.pathsep.join(lpips_files) if config.use_lpips else None
@@ -407,32 +250,6 @@ def run_unit(unit: Sequence[CellTask]) -> list[dict[str, Any]]:
 
 
 # ----------------------------------------------------------------------------- driver side
-def cell_json_path(out: Path, key: str) -> Path:
-    return Path(out) / "cells" / f"{key}.json"
-
-
-def read_cell(out: Path, task: CellTask) -> dict[str, Any] | None:
-    """The finished record of ``task``, or None if it is missing, unreadable or stale."""
-    path = cell_json_path(out, task.key)
-    try:
-        record = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
-        return None
-    if record.get("format") != CELL_FORMAT or record.get("fingerprint") != task.fingerprint:
-        return None
-    if not all((path.parent / name).is_file() for name in record.get("files", [])):
-        return None
-    return record
-
-
-def write_cell(out: Path, output: dict[str, Any]) -> None:
-    """Write a cell's files, then its JSON (the completion marker), each atomically."""
-    json_path = cell_json_path(out, output["key"])
-    for name, data in output["files"].items():
-        atomic_write_bytes(json_path.parent / name, data)
-    atomic_write_json(json_path, output["record"])
-
-
 def _describe(record: dict[str, Any]) -> str:
     rows = record["rows"]
     if len(rows) != 1:

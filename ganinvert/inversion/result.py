@@ -76,7 +76,7 @@ class InversionResult:
 
     # -- files --------------------------------------------------------------------------------
     def metadata(self) -> dict[str, Any]:
-        from .. import __version__
+        from ..version import __version__
         return {"format": "ganinvert-result/1", "method": self.method, "preset": self.preset,
                 "settings": _jsonable(self.settings), "seeds": self.seeds, "generator": _jsonable(self.generator),
                 "ganinvert_version": __version__, "seconds": self.seconds, "history": self.history,

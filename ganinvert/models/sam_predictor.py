@@ -20,7 +20,7 @@ output block or beyond it, so they have no counterpart.
 
 :func:`predict_label_map` turns the maps into ``sam-opt``'s label map as ``mask_utils.refine``
 does: the maps are averaged inside each segment and each segment takes the earliest space whose
-mean error is at most tau (:func:`~ganinvert.inversion.methods.sam.select_spaces`). SAM's segments
+mean error is at most tau (:func:`select_spaces`). SAM's segments
 come from a semantic segmentation network; the default here is :func:`superpixels`, a SLIC-like
 k-means on (CIELAB colour, position) (Achanta et al., "SLIC Superpixels", TPAMI 2012) without
 SLIC's local search window or connectivity post-processing (a 64 px image is small enough to
@@ -188,6 +188,15 @@ def segment_mean(values: torch.Tensor, segments: torch.Tensor) -> torch.Tensor:
     return means.gather(2, labels[:, None].expand(-1, c, -1)).reshape(n, c, h, w)
 
 
+def select_spaces(errors: Sequence[torch.Tensor], tau: float) -> torch.Tensor:
+    """Labels per cell from per-space error maps ordered earliest (W+) to latest: the earliest space
+    whose error is <= tau, else the latest (``mask_utils.refine``)."""
+    labels = torch.full_like(errors[0], float(len(errors) - 1))
+    for k in reversed(range(len(errors))):
+        labels = torch.where(errors[k] <= tau, torch.full_like(labels, float(k)), labels)
+    return labels
+
+
 @torch.no_grad()
 def predict_label_map(predictor: InvertibilityPredictor, images: torch.Tensor, tau: float,
                       segments: torch.Tensor | None = None) -> torch.Tensor:
@@ -197,7 +206,6 @@ def predict_label_map(predictor: InvertibilityPredictor, images: torch.Tensor, t
     :func:`superpixels` of the images when None) and each segment takes the earliest space whose
     mean predicted error is at most ``tau`` (the latest when none is).
     """
-    from ..inversion.methods.sam import select_spaces
     if not tau >= 0:
         raise GanInvertError(f"tau must be >= 0, got {tau}")
     maps = predictor.predict_maps(images)

@@ -9,7 +9,7 @@ import numpy as np
 from click.testing import CliRunner
 from PIL import Image
 
-from ganinvert.evaluation.cli import evaluate_command
+from ganinvert.cli.evaluate import evaluate_command
 
 
 def write_random_images(folder: Path, count: int, size: int = 48, seed: int = 0) -> list[Path]:

@@ -16,8 +16,9 @@ import pytest
 from click.testing import CliRunner
 
 from ganinvert.errors import GanInvertError
-from ganinvert.evaluation.cli import apply_overrides, evaluate_command
-from ganinvert.evaluation.runner import MethodSpec, derive_seed, parse_methods
+from ganinvert.cli.evaluate import apply_overrides, evaluate_command
+from ganinvert.evaluation.plan import MethodSpec, parse_methods
+from ganinvert.evaluation.runner import derive_seed
 
 from eval_fixtures import evaluate_args, invoke, read_results, write_random_images
 
@@ -94,7 +95,7 @@ def test_killed_run_resumes_to_the_same_results(reference_run: tuple[Path, list[
     reference_out = reference_run[0]
     out = tmp_path / "out"
     args = geometric_args(face_images, generator_path, out, lpips_weights)
-    code = "import sys; from ganinvert.evaluation.cli import evaluate_command; evaluate_command.main(sys.argv[1:])"
+    code = "import sys; from ganinvert.cli.evaluate import evaluate_command; evaluate_command.main(sys.argv[1:])"
     proc = subprocess.Popen([sys.executable, "-c", code, *args], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
     try:

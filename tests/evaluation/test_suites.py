@@ -8,8 +8,9 @@ import pytest
 import torch
 
 from ganinvert.errors import GanInvertError
-from ganinvert.evaluation.suites import (SUITES, DomainSuite, GeometricSuite, ImageRef, affine_shift, make_suite,
+from ganinvert.evaluation.suites import (SUITES, DomainSuite, GeometricSuite, ImageRef, make_suite,
                                          resize_image)
+from ganinvert.tasks.geometry import affine_shift
 from ganinvert.io import save_image
 
 from eval_fixtures import write_random_images

@@ -12,18 +12,10 @@ from PIL import Image
 from task_fixtures import sample, saved_generator
 
 from ganinvert import cli as main_cli
+from ganinvert.cli import tasks as task_cli
 from ganinvert.io import save_image
-from ganinvert.tasks.cli import task_commands
 
 NAMES = ("restore", "edit", "interpolate", "directions", "discover")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def registered() -> None:
-    """Register the commands as ganinvert.cli does (idempotent if it already has)."""
-    for name, command in task_commands().items():
-        main_cli.cli.add_command(command, name)
-
 
 @pytest.fixture(autouse=True)
 def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -61,8 +53,9 @@ def restored(files: dict[str, Path], out: Path, *extra: object) -> int:
                "--out", out, *extra)
 
 
-def test_commands_are_built_once() -> None:
-    assert tuple(task_commands()) == NAMES and task_commands() is task_commands()
+def test_the_group_serves_the_task_commands() -> None:
+    assert tuple(task_cli.COMMANDS) == NAMES
+    assert all(main_cli.cli.commands[name] is task_cli.COMMANDS[name] for name in NAMES)
 
 
 @pytest.mark.parametrize("task, options", [("denoise", ["--sigma", 0.3]), ("cs", ["--fraction", 0.2]),

@@ -10,7 +10,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from ganinvert.errors import GanInvertError
-from ganinvert.training.cli import train_command
+from ganinvert.cli.train import train_command
 
 
 def test_cli_trains_and_exports(tmp_path: Path) -> None:

@@ -13,7 +13,7 @@ from . import latent, sphinx  # noqa: F401  (registration)
 from . import feature, ilo  # noqa: F401
 from . import pti, sam  # noqa: F401
 from . import hyperinverter  # noqa: F401  (learned inverter, no optimisation)
-from ...tasks import discovery  # noqa: F401  (registers "discover", SPHInX attribute discovery)
+from . import discover  # noqa: F401  (SPHInX attribute discovery, App. B)
 
 
 def list_methods() -> dict[str, type[Method]]:

@@ -83,7 +83,8 @@ from PIL import Image
 
 from ...errors import GanInvertError, WeightsNotFoundError
 from ...models.encoders import optional_network_path
-from ...models.sam_predictor import KIND as PREDICTOR_KIND, InvertibilityPredictor, load_predictor, predict_label_map
+from ...models.sam_predictor import (KIND as PREDICTOR_KIND, InvertibilityPredictor, load_predictor,
+                                     predict_label_map, select_spaces)
 from ...models.stylegan2 import StyleGAN2Generator
 from ..losses import lpips_input
 from .base import Method, MethodSettings, ParamGroup, Params, Preset, Stage, SynthesisInputs, register
@@ -248,15 +249,6 @@ def masks_from_labels(G: StyleGAN2Generator, labels: torch.Tensor, blocks: Seque
         r = G.feature_shape(b)[1]
         out[b] = F.interpolate((labels == k + 1).float(), size=(r, r), mode="area")
     return out
-
-
-def select_spaces(errors: Sequence[torch.Tensor], tau: float) -> torch.Tensor:
-    """Labels per cell from per-space error maps ordered earliest (W+) to latest: the earliest space
-    whose error is <= tau, else the latest (``mask_utils.refine``)."""
-    labels = torch.full_like(errors[0], float(len(errors) - 1))
-    for k in reversed(range(len(errors))):
-        labels = torch.where(errors[k] <= tau, torch.full_like(labels, float(k)), labels)
-    return labels
 
 
 @register

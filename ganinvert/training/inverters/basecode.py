@@ -46,7 +46,7 @@ import torch
 import torch.nn.functional as F
 
 from ...errors import GanInvertError
-from ...evaluation.suites import affine_grid, affine_shift
+from ...tasks.geometry import affine_grid, affine_shift
 from ...models.basecode_encoder import BaseCodeEncoder, save_basecode_encoder
 from ...models.stylegan2 import FeatureEntry
 from ...inversion.methods.feature import BDINVERT_FEATURE_BLOCK

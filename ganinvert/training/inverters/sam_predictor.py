@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 
 from ...errors import CheckpointError, GanInvertError
-from ...evaluation.suites import affine_shift
+from ...tasks.geometry import affine_shift
 from ...io import atomic_torch_save, atomic_write_bytes
 from ...inversion.methods.sam import ERROR_METRICS, WPLUS, SamOpt, sam_feature_blocks
 from ...models.encoders import generator_sha256

@@ -11,16 +11,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
-import torch
 
-from ...errors import GanInvertError
-from .loop import TRAINERS, InverterTrainConfig, train_inverter
+from ..training.inverters.loop import TRAINERS, InverterTrainConfig, train_inverter
+from .common import (device_option, generator_option, load_lpips, parse_settings, pick_device, set_threads,
+                     threads_option)
 
 
 @click.command("train-inverter")
 @click.argument("kind", type=click.Choice(sorted(TRAINERS)))
-@click.option("--generator", "-g", default="default", show_default=True,
-              help="Checkpoint the inverter is trained for, or 'default' for the bundled 64 px faces.")
+@generator_option
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Run directory.")
 @click.option("--steps", default=2000, show_default=True, type=int)
 @click.option("--batch", default=8, show_default=True, type=int)
@@ -34,18 +33,14 @@ from .loop import TRAINERS, InverterTrainConfig, train_inverter
 @click.option("--resume/--no-resume", default=False, show_default=True, help="Continue from OUT/checkpoint.pt.")
 @click.option("--export", default=None, type=click.Path(dir_okay=False), help="Where to write the trained network "
               "[default: OUT/network.safetensors].")
-@click.option("--device", default=None, help="cpu, cuda, ... [default: cuda when available].")
-@click.option("--threads", default=None, type=int, help="torch CPU threads [default: torch's choice].")
+@device_option
+@threads_option
 def train_inverter_command(kind: str, generator: str, out: Path, steps: int, batch: int, seed: int, images: str | None,
                            lpips_weights: str | None, settings: tuple[str, ...], checkpoint_every: int, resume: bool,
                            export: str | None, device: str | None, threads: int | None) -> None:
     """Train the learned inverter KIND (self-supervised on the generator's samples)."""
-    from ...cli import load_lpips, parse_settings, pick_device
-    from ...models import load_generator
-    if threads is not None:
-        if threads < 1:
-            raise GanInvertError(f"--threads must be >= 1, got {threads}")
-        torch.set_num_threads(threads)
+    from ..models import load_generator
+    set_threads(threads)
     dev = pick_device(device)
     config = InverterTrainConfig(kind=kind, out=out, steps=steps, batch=batch, seed=seed, images=images,
                                  lpips_weights=lpips_weights, settings=parse_settings(settings),
@@ -53,3 +48,6 @@ def train_inverter_command(kind: str, generator: str, out: Path, steps: int, bat
     G = load_generator(generator, device=dev)
     lpips = load_lpips(lpips_weights, lpips_weights is None, dev)
     click.echo(f"network: {train_inverter(G, config, lpips)}")
+
+
+COMMANDS = {"train-inverter": train_inverter_command}

@@ -21,7 +21,7 @@ from PIL import Image
 from ganinvert.cli import main
 from ganinvert.models.loading import save_generator
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def nvidia_fixture():

@@ -11,10 +11,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
-import torch
 
 from ..errors import GanInvertError
-from .trainer import DEFAULT_CHANNELS, TrainConfig, export_generator, train
+from ..training.trainer import DEFAULT_CHANNELS, TrainConfig, export_generator, train
+from .common import device_option, set_threads, threads_option
 
 
 def _parse_channels(text: str | None) -> dict[int, int]:
@@ -50,8 +50,8 @@ def _parse_channels(text: str | None) -> dict[int, int]:
 @click.option("--checkpoint-every", default=500, show_default=True, type=int)
 @click.option("--sample-every", default=500, show_default=True, type=int)
 @click.option("--resume/--no-resume", default=False, show_default=True, help="Continue from OUT/checkpoint.pt.")
-@click.option("--device", default=None, help="cpu, cuda, ... [default: cuda when available].")
-@click.option("--threads", default=None, type=int, help="torch CPU threads [default: torch's choice].")
+@device_option
+@threads_option
 @click.option("--export", "export_path", default=None, type=click.Path(dir_okay=False, path_type=Path),
               help="Also write the inference-only generator (g_ema + latent_avg) here.")
 def train_command(data: str, out: Path, resolution: int, steps: int, batch: int, seed: int, style_dim: int,
@@ -60,10 +60,7 @@ def train_command(data: str, out: Path, resolution: int, steps: int, batch: int,
                   checkpoint_every: int, sample_every: int, resume: bool, device: str | None,
                   threads: int | None, export_path: Path | None) -> None:
     """Train a StyleGAN2 generator from an image folder or a teacher generator."""
-    if threads is not None:
-        if threads < 1:
-            raise GanInvertError(f"--threads must be >= 1, got {threads}")
-        torch.set_num_threads(threads)
+    set_threads(threads)
     config = TrainConfig(data=data, out=out, resolution=resolution, steps=steps, batch=batch, seed=seed,
                          style_dim=style_dim, n_mlp=n_mlp, channels=_parse_channels(channels), lr=lr,
                          r1_gamma=r1_gamma, mixing_prob=mixing_prob, augment=augment, distill_steps=distill_steps,
@@ -73,3 +70,6 @@ def train_command(data: str, out: Path, resolution: int, steps: int, batch: int,
     click.echo(f"checkpoint: {checkpoint}")
     if export_path is not None:
         click.echo(f"generator: {export_generator(checkpoint, export_path)}")
+
+
+COMMANDS = {"train": train_command}
