@@ -13,6 +13,7 @@ from typing import Callable, Mapping
 import pytest
 import torch
 
+from ganinvert.inversion.methods.base import InversionContext
 from ganinvert.models.stylegan2 import StyleGAN2Generator
 
 SHARED = Path(__file__).resolve().parents[1] / ".." / "shared"
@@ -214,3 +215,9 @@ def hash_state() -> Callable[[torch.nn.Module], str]:
 @pytest.fixture(scope="session")
 def psnr() -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     return psnr_db
+
+
+def method_context(G: StyleGAN2Generator, images: torch.Tensor | None, rngs, **fields) -> InversionContext:
+    """The context the engine hands a method's hooks, for calling them directly: ``images`` are both
+    the picture and the measurement (no forward operator); ``fields`` set stage_index, step, lpips…"""
+    return InversionContext(G=G, rngs=list(rngs), measurement=images, image=images, **fields)

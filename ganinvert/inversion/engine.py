@@ -1,9 +1,13 @@
 """The one optimisation loop every inversion method runs in.
 
-    inputs = method.inputs(params, rngs)          # fresh draws where the method is stochastic
+    inputs = method.inputs(ctx, params)           # fresh draws where the method is stochastic
     x_hat  = G.synthesis(**inputs)
     loss   = sum_i [lambda_mse * MSE(A(x_hat_i), y_i) + lambda_lpips * LPIPS(A(x_hat_i), y_i) + R_i]
-    Adam step (betas 0.9/0.999, per-group LR schedule); method.project(params)
+    Adam step (betas 0.9/0.999, per-group LR schedule); method.project(ctx, params)
+
+Every hook gets the same :class:`~ganinvert.inversion.methods.base.InversionContext` (generator,
+random streams, image or measurement, operator, LPIPS, stage and step), updated as the loop runs.
+The loop stops at the first non-finite loss, naming the step.
 
 Each image has its own ``torch.Generator`` and its own slice of every tensor, and the loss is a
 sum of per-image terms, so a batch equals the same images inverted one by one.
@@ -25,10 +29,12 @@ import torch
 from tqdm.auto import tqdm
 
 from ..errors import GanInvertError
+from ..checks import check_finite, check_images, check_seed
 from ..io import atomic_torch_save
 from ..models.stylegan2 import StyleGAN2Generator
 from .losses import ReconstructionLoss
 from .methods import Method, make_method
+from .methods.base import InversionContext
 from .result import InversionResult
 from .schedules import get_schedule
 
@@ -106,42 +112,39 @@ def invert(G: StyleGAN2Generator, target: torch.Tensor | None, method: str | Met
     m = method if isinstance(method, Method) else make_method(method, preset, settings)
     if target is None and measurement is None:
         raise GanInvertError("invert needs a target image or a measurement")
-    ref = target if target is not None else measurement
-    n = ref.shape[0]
+    n = (target if target is not None else measurement).shape[0]
     if target is not None and measurement is not None and measurement.shape[0] != n:
         raise GanInvertError(f"got {measurement.shape[0]} measurements for {n} target images")
     if target is not None:
-        expected = (3, G.resolution, G.resolution)
-        if target.ndim != 4 or tuple(target.shape[1:]) != expected:
-            raise GanInvertError(f"target must be (N, {', '.join(map(str, expected))}), got {tuple(target.shape)}")
-        if not torch.isfinite(target).all():
-            raise GanInvertError("target image contains NaN or infinite values")
+        check_images(target, G.resolution, "target")
     device = G.w_avg.device
     A = operator if operator is not None else (lambda x: x)
     if target is not None:
         target = target.to(device)
     with torch.no_grad():
         y = (measurement if measurement is not None else A(target)).to(device)
-    if not torch.isfinite(y).all():
-        raise GanInvertError("measurement contains NaN or infinite values")
-    seeds = [int(seed)] * n if isinstance(seed, int) else [int(s) for s in seed]
+    check_finite(y, "measurement")
+    seeds = [check_seed(int(seed))] * n if isinstance(seed, int) else [check_seed(int(s)) for s in seed]
     if len(seeds) != n:
         raise GanInvertError(f"got {len(seeds)} seeds for {n} images")
     s = m.settings
     if s.lambda_lpips and lpips is None and y.ndim == 4 and y.shape[1] == 3:
         raise GanInvertError(f"method {m.name} uses LPIPS (lambda_lpips={s.lambda_lpips}); pass LPIPS weights "
                              "(--lpips-weights / GANINVERT_LPIPS_WEIGHTS) or set lambda_lpips=0 (--no-lpips)")
+    check_finite(G.w_avg, "the generator's w_avg")
     loss_fn = ReconstructionLoss(s.lambda_mse, s.lambda_lpips, lpips)
 
     rngs = [torch.Generator().manual_seed(sd) for sd in seeds]
     source = getattr(G, "source", None)
     run_id = _fingerprint(m.name, s.to_dict(), seeds, y, getattr(source, "sha256", None), G.config())
     stages = m.stages(G)
-    if getattr(m, "lpips", False) is None:
-        m.lpips = lpips  # methods with LPIPS-based regularisers or error maps share the engine's module
     # With a forward operator the method sees only the measurement, never the clean image.
+    ctx = InversionContext(G=G, rngs=rngs, measurement=y, image=target if operator is None else None,
+                           operator=operator, lpips=lpips)
+    if ctx.image is None and operator is None:
+        ctx.image = y  # a measured image through the identity (e.g. a noisy photo) is the picture itself
     init_started = time.perf_counter()
-    state = _State(params=m.init_params(G, target if operator is None and target is not None else y, rngs))
+    state = _State(params=m.init_params(ctx))
     # Initialisation is part of the cost (an encoder method's whole forward pass, sam-opt's probes).
     init_seconds = time.perf_counter() - init_started
     ckpt = Path(checkpoint_path) if checkpoint_path else None
@@ -154,8 +157,9 @@ def invert(G: StyleGAN2Generator, target: torch.Tensor | None, method: str | Met
     try:
         while state.stage_index < len(stages):
             stage = stages[state.stage_index]
+            ctx.stage_index, ctx.step = state.stage_index, state.step
             if state.step == 0 and state.optimizer_state is None:
-                m.begin_stage(G, state.params, state.stage_index)
+                m.begin_stage(ctx, state.params)
             for name in stage.names:
                 if name not in state.params:
                     raise RuntimeError(f"method {m.name} stage {stage.name} optimises unknown tensor {name}")
@@ -173,16 +177,20 @@ def invert(G: StyleGAN2Generator, target: torch.Tensor | None, method: str | Met
                 t = state.step / stage.steps
                 for group, spec, sched in zip(optimizer.param_groups, stage.groups, schedules):
                     group["lr"] = spec.lr * sched(t)
-                inputs = m.inputs(G, state.params, rngs)
+                ctx.step = state.step
+                inputs = m.inputs(ctx, state.params)
                 x_hat = inputs.render(G)
-                per_image, _ = loss_fn(A(x_hat), y)
-                reg = m.regulariser(G, state.params, inputs)
+                per_image = loss_fn(A(x_hat), y)
+                reg = m.regulariser(ctx, state.params, inputs)
                 if reg is not None:
                     per_image = per_image + reg
+                if not bool(torch.isfinite(per_image).all()):
+                    raise GanInvertError(f"method {m.name}: the loss became non-finite at step {state.global_step + 1} "
+                                         f"(stage {stage.name}); lower the learning rate or check the settings")
                 optimizer.zero_grad(set_to_none=True)
                 per_image.sum().backward()
                 optimizer.step()
-                m.project(G, state.params, state.stage_index)
+                m.project(ctx, state.params)
                 state.step += 1
                 state.global_step += 1
                 loss_value = float(per_image.detach().mean())

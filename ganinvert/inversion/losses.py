@@ -40,15 +40,12 @@ class ReconstructionLoss:
     lambda_lpips: float
     lpips: torch.nn.Module | None = None
 
-    def __call__(self, predicted: torch.Tensor, measured: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def __call__(self, predicted: torch.Tensor, measured: torch.Tensor) -> torch.Tensor:
+        """The (N,) per-sample loss."""
         n = predicted.shape[0]
-        mse = (predicted - measured).square().reshape(n, -1).mean(1)
-        loss = self.lambda_mse * mse
-        parts = {"mse": mse.detach()}
+        loss = self.lambda_mse * (predicted - measured).square().reshape(n, -1).mean(1)
         if self.lambda_lpips and predicted.ndim == 4 and predicted.shape[1] == 3:
             if self.lpips is None:
                 raise RuntimeError("lambda_lpips > 0 needs an LPIPS module")
-            dist = self.lpips(lpips_input(predicted), lpips_input(measured))
-            loss = loss + self.lambda_lpips * dist
-            parts["lpips"] = dist.detach()
-        return loss, parts
+            loss = loss + self.lambda_lpips * self.lpips(lpips_input(predicted), lpips_input(measured))
+        return loss

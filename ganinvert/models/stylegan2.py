@@ -44,6 +44,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import GanInvertError
 from .ops import (SQRT2, blur, fused_leaky_relu, make_kernel, modulated_conv_act, upfirdn2d_reference,
                   upsample2x, weight_modulation_pays)
 
@@ -358,7 +359,7 @@ class StyleGAN2Generator(nn.Module):
         super().__init__()
         log_size = int(math.log2(resolution))
         if resolution < 4 or 2 ** log_size != resolution:
-            raise ValueError(f"resolution must be a power of two >= 4, got {resolution}")
+            raise GanInvertError(f"resolution must be a power of two >= 4, got {resolution}")
         self.resolution, self.style_dim, self.n_mlp = resolution, style_dim, n_mlp
         self.log_size = log_size
         full = default_channels(channel_multiplier)
@@ -431,7 +432,7 @@ class StyleGAN2Generator(nn.Module):
 
     def _check_block(self, block: int) -> None:
         if not 0 <= block < self.num_blocks:
-            raise ValueError(f"block must be in [0, {self.num_blocks - 1}], got {block}")
+            raise GanInvertError(f"block must be in [0, {self.num_blocks - 1}], got {block}")
 
     # ------------------------------------------------------------------ latents
     def mapping(self, z: torch.Tensor) -> torch.Tensor:
@@ -450,7 +451,7 @@ class StyleGAN2Generator(nn.Module):
     def mix(self, w1: torch.Tensor, w2: torch.Tensor, inject_index: int) -> torch.Tensor:
         """Style mixing: ``w1`` feeds ws[:inject_index], ``w2`` the rest."""
         if not 0 <= inject_index <= self.num_ws:
-            raise ValueError(f"inject_index must be in [0, {self.num_ws}]")
+            raise GanInvertError(f"inject_index must be in [0, {self.num_ws}]")
         return torch.cat([w1[:, None].expand(-1, inject_index, -1),
                           w2[:, None].expand(-1, self.num_ws - inject_index, -1)], 1)
 
@@ -505,17 +506,17 @@ class StyleGAN2Generator(nn.Module):
         deltas = dict(weight_deltas or {})
         unknown = set(deltas) - set(self.conv_layer_names())
         if unknown:
-            raise ValueError(f"unknown weight_deltas layers: {sorted(unknown)}")
+            raise GanInvertError(f"unknown weight_deltas layers: {sorted(unknown)}")
         residuals = dict(feature_residuals or {})
 
         start = 0 if feature_entry is None else feature_entry.block
         if feature_entry is not None:
             self._check_block(start)
             if start > last:
-                raise ValueError("feature_entry block comes after output_block")
+                raise GanInvertError("feature_entry block comes after output_block")
             expected = (n, *self.feature_shape(start))
             if tuple(feature_entry.features.shape) != expected:
-                raise ValueError(f"feature_entry features must be {expected}, got {tuple(feature_entry.features.shape)}")
+                raise GanInvertError(f"feature_entry features must be {expected}, got {tuple(feature_entry.features.shape)}")
 
         x = skip = None
         for block in range(start, last + 1):
@@ -536,12 +537,12 @@ class StyleGAN2Generator(nn.Module):
                       impl: str) -> list[torch.Tensor]:
         """Validate ``ws`` and ``impl``; return the noise list with ``None`` entries resolved."""
         if impl not in IMPLEMENTATIONS:
-            raise ValueError(f"impl must be one of {IMPLEMENTATIONS}, got {impl!r}")
+            raise GanInvertError(f"impl must be one of {IMPLEMENTATIONS}, got {impl!r}")
         if ws.ndim != 3 or ws.shape[1:] != (self.num_ws, self.style_dim):
-            raise ValueError(f"ws must be (N, {self.num_ws}, {self.style_dim}), got {tuple(ws.shape)}")
+            raise GanInvertError(f"ws must be (N, {self.num_ws}, {self.style_dim}), got {tuple(ws.shape)}")
         noise = list(noise) if noise is not None else [None] * self.num_layers
         if len(noise) != self.num_layers:
-            raise ValueError(f"noise must hold {self.num_layers} tensors, got {len(noise)}")
+            raise GanInvertError(f"noise must hold {self.num_layers} tensors, got {len(noise)}")
         return [getattr(self.noises, f"noise_{i}") if t is None else t for i, t in enumerate(noise)]
 
     def _block_step(self, block: int, x: torch.Tensor | None, skip: torch.Tensor | None, ws: torch.Tensor,
@@ -610,18 +611,27 @@ class StyleGAN2Generator(nn.Module):
         return x
 
     def block_features(self, ws: torch.Tensor, block: int, noise: Sequence[torch.Tensor | None] | None = None,
-                       const: torch.Tensor | None = None, impl: str = "fast") -> FeatureEntry:
-        """The feature map after ``block`` and the skip image entering its ToRGB sum.
+                       const: torch.Tensor | None = None, *, feature_entry: FeatureEntry | None = None,
+                       feature_residuals: Mapping[int, torch.Tensor] | None = None,
+                       impl: str = "fast") -> FeatureEntry:
+        """The feature map after ``block`` (its residual added) and the skip image entering its ToRGB sum.
 
         ``G.synthesis(ws, noise, feature_entry=G.block_features(ws, b, noise))`` renders the same
-        image as ``G.synthesis(ws, noise)``. Used to initialise feature-space methods.
+        image as ``G.synthesis(ws, noise)``. ``feature_entry`` starts from an earlier block's entry
+        (ILO's rounds advance their entry this way) and ``feature_residuals`` are added as
+        :meth:`synthesis` adds them (SAM's edits read the features entering each ToRGB).
         """
         self._check_block(block)
         noise = self._check_inputs(ws, noise, impl)
+        start = 0 if feature_entry is None else feature_entry.block
+        if block < start or (feature_entry is not None and block == start):
+            raise GanInvertError(f"cannot read block {block}'s features from an entry at block {start}")
+        residuals = dict(feature_residuals or {})
         x = skip = entering_skip = None
-        for b in range(block + 1):
+        for b in range(start, block + 1):
             entering_skip = skip
-            x, skip = self._block_step(b, x, skip, ws, noise, {}, {}, impl, None, const)
+            x, skip = self._block_step(b, x, skip, ws, noise, {}, residuals, impl,
+                                       feature_entry if b == start else None, const)
         rgb_layer = self.to_rgb1 if block == 0 else self.to_rgbs[block - 1]
         rgb = None if entering_skip is None else rgb_layer.upsample(entering_skip, impl)
         return FeatureEntry(block, x, rgb)

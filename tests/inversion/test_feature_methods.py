@@ -13,7 +13,7 @@ from ganinvert.inversion.methods import make_method
 from ganinvert.inversion.methods.feature import check_direction, live_ws_indices, retract_to_sphere
 from ganinvert.inversion.methods.latent import PNormStatistics
 from ganinvert.models.stylegan2 import StyleGAN2Generator
-from tests.conftest import in_domain_images, scaled_style_generator, state_hash
+from tests.conftest import in_domain_images, method_context, scaled_style_generator, state_hash
 
 STYLE_DIM = 32
 METHODS = ("fw+", "fz+")
@@ -54,7 +54,7 @@ def test_feature_block_is_validated_and_sets_the_shapes(G: StyleGAN2Generator) -
     with pytest.raises(GanInvertError, match="out of range for a 32 px generator"):
         invert(G, in_domain_images(G), "fz+", settings={**FAST, "feature_block": 4}, progress=False)
     method = make_method("fw+", None, {"feature_block": 1})
-    params = method.init_params(G, in_domain_images(G), [torch.Generator().manual_seed(0)])
+    params = method.init_params(method_context(G, in_domain_images(G), [torch.Generator().manual_seed(0)]))
     assert {k: tuple(v.shape) for k, v in params.items()} == {"features": (1, 32, 8, 8), "latent": (1, 5, 32)}
 
 
@@ -62,9 +62,9 @@ def test_initial_features_come_from_the_w_avg_render(G: StyleGAN2Generator) -> N
     mean_features = G.block_features(G.broadcast(G.w_avg[None]), 2).features
     for name in METHODS:
         rngs = [torch.Generator().manual_seed(s) for s in (0, 1)]
-        params = make_method(name).init_params(G, in_domain_images(G, 2), rngs)
+        params = make_method(name).init_params(method_context(G, in_domain_images(G, 2), rngs))
         torch.testing.assert_close(params["features"], mean_features.expand(2, -1, -1, -1))
-    fw = make_method("fw+").init_params(G, in_domain_images(G), [torch.Generator()])
+    fw = make_method("fw+").init_params(method_context(G, in_domain_images(G), [torch.Generator()]))
     assert torch.equal(fw["latent"], G.w_avg.expand(1, 3, -1))
 
 
@@ -76,9 +76,9 @@ def test_optimises_exactly_its_tensors_and_leaves_the_generator_alone(G: StyleGA
     original_project = method.project
     seen: list[dict] = []
 
-    def recording_project(G_, params, k):
+    def recording_project(ctx, params):
         seen.append({n: tuple(t.shape) for n, t in params.items() if t.requires_grad})
-        original_project(G_, params, k)
+        original_project(ctx, params)
         if name == "fz+":  # retracted after every step
             norms = params["latent"].detach().norm(dim=-1)
             torch.testing.assert_close(norms, torch.full_like(norms, math.sqrt(STYLE_DIM)), atol=1e-4, rtol=0)
@@ -125,13 +125,13 @@ def test_a_batch_equals_single_runs(name: str, dtype: torch.dtype) -> None:
 # -- regularisers and parameterisation -----------------------------------------------------------
 def test_pn_regulariser_is_bdinverts_mean_over_all_rows(G: StyleGAN2Generator) -> None:
     method = make_method("fw+")
-    params = method.init_params(G, in_domain_images(G), [torch.Generator()])
+    params = method.init_params(method_context(G, in_domain_images(G), [torch.Generator()]))
     params["latent"] = params["latent"] + torch.randn(1, 3, STYLE_DIM, generator=torch.Generator().manual_seed(0))
     inputs = method.render_inputs(G, params)
     assert torch.equal(inputs.ws[:, :5], G.w_avg.expand(1, 5, -1))  # skipped rows held at w_avg
     expected = 0.01 * PNormStatistics.of(G).norm(inputs.ws)
-    torch.testing.assert_close(method.regulariser(G, params, inputs), expected)
-    assert make_method("fw+", None, {"pn_weight": 0}).regulariser(G, params, inputs) is None
+    torch.testing.assert_close(method.regulariser(method_context(G, None, [torch.Generator()]), params, inputs), expected)
+    assert make_method("fw+", None, {"pn_weight": 0}).regulariser(method_context(G, None, [torch.Generator()]), params, inputs) is None
     # a strong P_N weight keeps the detail codes closer to the typical region
     strong = invert(G, in_domain_images(G), "fw+", settings={**FAST, "steps": 15, "pn_weight": 10.0}, progress=False)
     none = invert(G, in_domain_images(G), "fw+", settings={**FAST, "steps": 15, "pn_weight": 0.0}, progress=False)

@@ -10,9 +10,9 @@ import torch
 from ganinvert.errors import GanInvertError
 from ganinvert.inversion import InversionResult, invert
 from ganinvert.inversion.methods import make_method
-from ganinvert.inversion.methods.ilo import GaussianFit, advance_entry, geocross, project_l1_ball
+from ganinvert.inversion.methods.ilo import GaussianFit, geocross, project_l1_ball
 from ganinvert.models.stylegan2 import StyleGAN2Generator
-from tests.conftest import in_domain_images, scaled_style_generator, state_hash
+from tests.conftest import in_domain_images, method_context, scaled_style_generator, state_hash
 
 STYLE_DIM = 32
 
@@ -142,17 +142,18 @@ def test_geocross_is_the_mean_squared_pairwise_angle() -> None:
 def test_each_round_starts_from_the_image_the_previous_one_ended_with(G: StyleGAN2Generator) -> None:
     method = make_method("ilo", None, {"lambda_lpips": 0})
     rngs = [torch.Generator().manual_seed(0)]
-    params = method.init_params(G, in_domain_images(G), rngs)
+    images = in_domain_images(G)
+    params = method.init_params(method_context(G, images, rngs))
     with torch.no_grad():
         for k in range(1, 4):
             params["latent"].add_(0.1)  # the rounds move z between boundaries; continuity must not depend on it
-            previous = method.render_inputs(G, params).render(G)
-            method.begin_stage(G, params, k)
-            now = method.render_inputs(G, params)
+            previous = method.round_inputs(G, params, k - 1).render(G)
+            method.begin_stage(method_context(G, images, rngs, stage_index=k), params)
+            now = method.round_inputs(G, params, k)
             assert now.feature_entry.block == k - 1
             torch.testing.assert_close(now.render(G), previous, atol=1e-5, rtol=1e-5)
         with pytest.raises(ValueError):
-            advance_entry(G, now, 1)
+            G.block_features(now.ws, 1, now.noise, feature_entry=now.feature_entry)
 
 
 # -- the method on the engine --------------------------------------------------------------------
@@ -178,13 +179,14 @@ def test_rounds_optimise_exactly_their_tensors_within_their_constraints(G: Style
     frozen: dict[int, dict[str, torch.Tensor]] = {}
     hits = {1: 0, 2: 0, 3: 0}
 
-    def checked_project(G_, params, k):
+    def checked_project(ctx, params):
+        k = ctx.stage_index
         if k not in seen:
             seen[k] = {n: tuple(t.shape) for n, t in params.items() if t.requires_grad}
             dead_rows = [i for i in range(G.num_ws) if i not in method.live_rows(G, k)]
             frozen[k] = {n: t.detach().clone() for n, t in params.items() if not t.requires_grad}
             frozen[k]["dead rows"] = params["latent"][:, dead_rows].detach().clone()
-        original_project(G_, params, k)
+        original_project(ctx, params)
         latent = params["latent"]
         live = method.live_rows(G, k)
         torch.testing.assert_close(latent[:, live].norm(dim=-1), torch.full((1, len(live)), math.sqrt(STYLE_DIM)))

@@ -8,6 +8,7 @@ import torch
 
 from ganinvert.inversion import invert, list_methods, make_method
 from ganinvert.inversion.methods.latent import LatentMethod, PNormStatistics
+from tests.conftest import method_context
 
 NO_LPIPS = {"lambda_lpips": 0.0}
 #: method -> (latent space, optimises noise B, optimises content S)
@@ -56,7 +57,7 @@ def test_method_optimises_exactly_its_variables(G, target, hash_state, method):
     assert set(stages[0].names) == set(shapes) and len(stages[0].names) == len(shapes)
 
     seeds = [7, 8]
-    initial = m.init_params(G, target, [torch.Generator().manual_seed(s) for s in seeds])
+    initial = m.init_params(method_context(G, target, [torch.Generator().manual_seed(s) for s in seeds]))
     assert {k: tuple(v.shape) for k, v in initial.items()} == shapes
 
     before = hash_state(G)
@@ -71,7 +72,7 @@ def test_method_optimises_exactly_its_variables(G, target, hash_state, method):
 @pytest.mark.parametrize("method", list(LATENT_METHODS))
 def test_render_inputs(G, target, method):
     m = make_method(method, None, NO_LPIPS)
-    params = m.init_params(G, target, [torch.Generator().manual_seed(0), torch.Generator().manual_seed(1)])
+    params = m.init_params(method_context(G, target, [torch.Generator().manual_seed(0), torch.Generator().manual_seed(1)]))
     inputs = m.render_inputs(G, params)
     space, noise, content = LATENT_METHODS[method]
     if space == "w":
@@ -105,10 +106,10 @@ def test_w_plus_inverts_an_in_domain_image(reference_generator_32, psnr):
 
 def test_pnorm_regulariser(G, target):
     m = make_method("w+", None, {"steps": 1, "pnorm_weight": 0.5, **NO_LPIPS})
-    params = m.init_params(G, target, [torch.Generator().manual_seed(0)] * 2)
+    params = m.init_params(method_context(G, target, [torch.Generator().manual_seed(0)] * 2))
     params["latent"] = params["latent"] + torch.randn(params["latent"].shape,
                                                       generator=torch.Generator().manual_seed(1))
-    reg = m.regulariser(G, params, m.render_inputs(G, params))
+    reg = m.regulariser(method_context(G, target, [torch.Generator()] * 2), params, m.render_inputs(G, params))
     stats = PNormStatistics.of(G)
     assert stats is PNormStatistics.of(G)  # computed once per generator
     assert reg.shape == (2,) and (reg > 0).all()
@@ -122,12 +123,12 @@ def test_pnorm_regulariser(G, target):
     with torch.no_grad():
         mse = (G.synthesis(start) - target).square().flatten(1).mean(1)
     assert result.history["loss"][0] == pytest.approx(float((mse + 0.5 * stats.norm(start)).mean()), rel=1e-4)
-    assert make_method("z+", None, {"pnorm_weight": 0.5}).regulariser(G, params, None) is None  # w spaces only
+    assert make_method("z+", None, {"pnorm_weight": 0.5}).regulariser(method_context(G, target, [torch.Generator()] * 2), params, None) is None  # w spaces only
 
 
 def test_edit_inputs_moves_only_the_chosen_layers(G, target):
     m = make_method("w+", None, NO_LPIPS)
-    params = m.init_params(G, target, [torch.Generator().manual_seed(0)] * 2)
+    params = m.init_params(method_context(G, target, [torch.Generator().manual_seed(0)] * 2))
     direction = torch.randn(G.num_ws, G.style_dim, generator=torch.Generator().manual_seed(2))
     base = m.render_inputs(G, params).ws
     edited = m.edit_inputs(G, params, direction, 2.0, layers=[0, 3]).ws

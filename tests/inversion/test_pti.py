@@ -17,7 +17,7 @@ from ganinvert.inversion.methods.base import noise_names
 from ganinvert.inversion.methods.pti import (PTI, PTIInputs, noise_autocorrelation, residual_parameter_count,
                                              weight_delta_shapes, weight_deltas)
 from ganinvert.models.stylegan2 import StyleGAN2Generator
-from tests.conftest import assert_resume_matches_uninterrupted, seeded_generator, state_hash
+from tests.conftest import assert_resume_matches_uninterrupted, method_context, seeded_generator, state_hash
 
 SHARED = Path(__file__).resolve().parents[2] / ".." / "shared"
 LPIPS_WEIGHTS = SHARED / "weights" / "lpips_alex.pth"
@@ -56,14 +56,14 @@ def targets(G) -> torch.Tensor:
 class RecordingPTI(PTI):
     """PTI that logs, at every step, each tensor's shape, whether it is optimised and its max |value|."""
 
-    def __init__(self, settings=None, lpips=None) -> None:
-        super().__init__(settings, lpips)
+    def __init__(self, settings=None) -> None:
+        super().__init__(settings)
         self.log: list[dict[str, tuple[tuple[int, ...], bool, float]]] = []
 
-    def inputs(self, G, params, rngs):
+    def inputs(self, ctx, params):
         self.log.append({k: (tuple(v.shape), v.requires_grad, float(v.detach().abs().max()))
                          for k, v in params.items()})
-        return super().inputs(G, params, rngs)
+        return super().inputs(ctx, params)
 
 
 def test_each_stage_optimises_exactly_its_variables_and_the_generator_is_unchanged(G, targets):
@@ -76,7 +76,7 @@ def test_each_stage_optimises_exactly_its_variables_and_the_generator_is_unchang
     pivot_stage = {k: shape for k, (shape, grad, _) in m.log[0].items() if grad}
     noise = {name: (n, *shape[1:]) for name, shape in zip(noise_names(G), G.noise_shapes)}
     assert pivot_stage == {"pivot": (n, d), **noise}
-    assert set(m.log[0]) == set(pivot_stage) | {"pivot_step"}
+    assert set(m.log[0]) == set(pivot_stage)  # the step counter is the context's, not a tensor
 
     tune_stage = {k: shape for k, (shape, grad, _) in m.log[3].items() if grad}
     expected = {f"delta.{layer}": (n, *shape) for layer, shape in weight_delta_shapes(G).items()}
@@ -92,9 +92,10 @@ def test_each_stage_optimises_exactly_its_variables_and_the_generator_is_unchang
 
 def test_zero_residuals_render_the_pivot(G, targets):
     m = PTI(PTI.Settings(**FAST))
-    params = m.init_params(G, targets, [torch.Generator().manual_seed(i) for i in range(2)])
+    rngs = [torch.Generator().manual_seed(i) for i in range(2)]
+    params = m.init_params(method_context(G, targets, rngs))
     params["pivot"] += 0.3 * torch.randn(params["pivot"].shape, generator=torch.Generator().manual_seed(1))
-    m.begin_stage(G, params, 1)
+    m.begin_stage(method_context(G, targets, rngs, stage_index=1), params)
     assert all(v.abs().max() == 0 for k, v in params.items() if k.startswith("delta."))
     with torch.no_grad():
         tuned = m.render_inputs(G, params).render(G)
@@ -129,14 +130,14 @@ def test_batch_equals_single_runs(G, targets):
 def test_pivot_stage_draws_decaying_w_noise_and_normalises_noise(G, targets):
     m = PTI(PTI.Settings(pivot_steps=10, **FAST))
     rngs = [torch.Generator().manual_seed(0)]
-    params = m.init_params(G, targets[:1], rngs)
-    first = m.inputs(G, params, rngs).ws[:, 0] - params["pivot"]
+    params = m.init_params(method_context(G, targets[:1], rngs))
+    first = m.inputs(method_context(G, targets[:1], rngs), params).ws[:, 0] - params["pivot"]
     assert first.abs().max() > 0
-    params["pivot_step"] += 7.5  # t = 0.75: the projector's noise ramp has ended
-    torch.testing.assert_close(m.inputs(G, params, rngs).ws[:, 0], params["pivot"])
+    ended = method_context(G, targets[:1], rngs, step=8)  # t = 0.8 >= 0.75: the projector's noise ramp has ended
+    torch.testing.assert_close(m.inputs(ended, params).ws[:, 0], params["pivot"])
     noise = params[noise_names(G)[-1]]
     noise.mul_(3).add_(1)
-    m.project(G, params, 0)
+    m.project(method_context(G, targets[:1], rngs), params)
     assert abs(float(noise.mean())) < 1e-5 and abs(float(noise.square().mean()) - 1) < 1e-4
     assert float(noise_autocorrelation([noise])) >= 0
 
@@ -144,35 +145,39 @@ def test_pivot_stage_draws_decaying_w_noise_and_normalises_noise(G, targets):
 def test_locality_regulariser_latents_and_value(G, targets):
     m = PTI(PTI.Settings(locality=True, locality_samples=2, locality_lambda_lpips=0.0, **FAST))
     rngs = [torch.Generator().manual_seed(i) for i in range(2)]
-    params = m.init_params(G, targets, rngs)
-    m.begin_stage(G, params, 1)
+    params = m.init_params(method_context(G, targets, rngs))
+    tune = method_context(G, targets, rngs, stage_index=1)
+    m.begin_stage(tune, params)
 
     def draw_rngs(base: int) -> list[torch.Generator]:
         return [torch.Generator().manual_seed(base + i) for i in range(2)]
 
-    inputs = m.inputs(G, params, draw_rngs(10))
+    inputs = m.inputs(method_context(G, targets, draw_rngs(10), stage_index=1), params)
     assert isinstance(inputs, PTIInputs) and len(inputs.locality_ws) == 2
     for ws in inputs.locality_ws:
         assert ws.shape == (2, G.num_ws, G.style_dim)
         distance = (ws - G.broadcast(params["pivot"])).flatten(1).norm(dim=1)
         torch.testing.assert_close(distance, torch.full((2,), 30.0))
-    assert float(m.regulariser(G, params, inputs).abs().max()) < 1e-8  # no residual, no change
+    assert float(m.regulariser(tune, params, inputs).abs().max()) < 1e-8  # no residual, no change
     params["delta.convs.1"].normal_(generator=torch.Generator().manual_seed(0))
-    reg = m.regulariser(G, params, inputs)
+    reg = m.regulariser(tune, params, inputs)
     assert reg.shape == (2,) and (reg > 0).all()
     # Draws come from the per-image generators only.
-    torch.testing.assert_close(m.inputs(G, params, draw_rngs(10)).locality_ws[0], inputs.locality_ws[0])
-    assert not torch.allclose(m.inputs(G, params, draw_rngs(20)).locality_ws[0], inputs.locality_ws[0])
+    torch.testing.assert_close(m.inputs(method_context(G, targets, draw_rngs(10), stage_index=1), params)
+                               .locality_ws[0], inputs.locality_ws[0])
+    assert not torch.allclose(m.inputs(method_context(G, targets, draw_rngs(20), stage_index=1), params)
+                              .locality_ws[0], inputs.locality_ws[0])
 
 
 @pytest.mark.skipif(not LPIPS_WEIGHTS.is_file(), reason="needs ../shared/weights/lpips_alex.pth")
 def test_locality_regulariser_with_lpips(G, targets):
     m = PTI(PTI.Settings(locality=True, lpips_weights=str(LPIPS_WEIGHTS), **FAST))
     rngs = [torch.Generator().manual_seed(0)]
-    params = m.init_params(G, targets[:1], rngs)
-    m.begin_stage(G, params, 1)
+    params = m.init_params(method_context(G, targets[:1], rngs))
+    tune = method_context(G, targets[:1], rngs, stage_index=1)
+    m.begin_stage(tune, params)
     params["delta.convs.3"].normal_(generator=torch.Generator().manual_seed(0)).requires_grad_(True)
-    reg = m.regulariser(G, params, m.inputs(G, params, rngs))
+    reg = m.regulariser(tune, params, m.inputs(tune, params))
     assert reg.shape == (1,) and float(reg.detach()) > 0 and reg.requires_grad
 
 

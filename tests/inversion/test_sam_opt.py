@@ -13,10 +13,10 @@ from PIL import Image
 from ganinvert.errors import GanInvertError
 from ganinvert.inversion import invert
 from ganinvert.inversion.methods import make_method
-from ganinvert.inversion.methods.sam import (LeakyGaussianPrior, SamOpt, _torgb_inputs, load_label_map,
+from ganinvert.inversion.methods.sam import (LeakyGaussianPrior, SamOpt, load_label_map,
                                              masks_from_labels, sam_feature_blocks, select_spaces)
 from ganinvert.models.stylegan2 import StyleGAN2Generator
-from tests.conftest import assert_resume_matches_uninterrupted, seeded_generator, state_hash
+from tests.conftest import assert_resume_matches_uninterrupted, method_context, seeded_generator, state_hash
 
 SHARED = Path(__file__).resolve().parents[2] / ".." / "shared"
 LPIPS_WEIGHTS = SHARED / "weights" / "lpips_alex.pth"
@@ -61,20 +61,20 @@ def half_labels(tmp_path) -> str:
 class RecordingSam(SamOpt):
     """SamOpt that logs every step's tensors (shape, optimised?) and the params around begin_stage."""
 
-    def __init__(self, settings=None, lpips=None) -> None:
-        super().__init__(settings, lpips)
+    def __init__(self, settings=None) -> None:
+        super().__init__(settings)
         self.log: list[dict[str, tuple[tuple[int, ...], bool]]] = []
         self.before_stage: dict[int, dict[str, torch.Tensor]] = {}
         self.after_stage: dict[int, dict[str, torch.Tensor]] = {}
 
-    def begin_stage(self, G, params, stage_index):
-        self.before_stage[stage_index] = {k: v.detach().clone() for k, v in params.items()}
-        super().begin_stage(G, params, stage_index)
-        self.after_stage[stage_index] = {k: v.detach().clone() for k, v in params.items()}
+    def begin_stage(self, ctx, params):
+        self.before_stage[ctx.stage_index] = {k: v.detach().clone() for k, v in params.items()}
+        super().begin_stage(ctx, params)
+        self.after_stage[ctx.stage_index] = {k: v.detach().clone() for k, v in params.items()}
 
-    def inputs(self, G, params, rngs):
+    def inputs(self, ctx, params):
         self.log.append({k: (tuple(v.shape), v.requires_grad) for k, v in params.items()})
-        return super().inputs(G, params, rngs)
+        return super().inputs(ctx, params)
 
 
 def optimised(entry: dict[str, tuple[tuple[int, ...], bool]]) -> dict[str, tuple[int, ...]]:
@@ -167,9 +167,9 @@ def test_edit_keeps_the_inverted_features_inside_the_masks(G, targets, half_labe
                                    atol=1e-5, rtol=0)
         edited = m.edit_inputs(G, params, direction, 2.0)
         original = m.render_inputs(G, params)
-        features = _torgb_inputs(G, edited.ws, edited.feature_residuals, [2])[2]
-        kept = _torgb_inputs(G, original.ws, original.feature_residuals, [2])[2]
-        moved = _torgb_inputs(G, edited.ws, None, [2])[2]
+        features = G.block_features(edited.ws, 2, feature_residuals=edited.feature_residuals).features
+        kept = G.block_features(original.ws, 2, feature_residuals=original.feature_residuals).features
+        moved = G.block_features(edited.ws, 2).features
     torch.testing.assert_close(features * mask, kept * mask, atol=1e-5, rtol=0)
     torch.testing.assert_close(features * (1 - mask), moved * (1 - mask), atol=1e-5, rtol=0)
     assert (moved - kept).abs().max() > 1e-2  # the edit does change the features
@@ -208,7 +208,7 @@ def test_feature_block_rule():
 
 def test_residual_and_mask_shapes(G, targets, half_labels):
     m = SamOpt(SamOpt.Settings(mask_path=half_labels, feature_blocks=(1, 2, 3)))
-    params = m.init_params(G, targets, [torch.Generator() for _ in range(2)])
+    params = m.init_params(method_context(G, targets, [torch.Generator() for _ in range(2)]))
     for b in (1, 2, 3):
         assert params[f"residual.{b}"].shape == (2, *G.feature_shape(b))
         assert params[f"mask.{b}"].shape == (2, 1, *G.feature_shape(b)[1:])
@@ -232,7 +232,7 @@ def test_invalid_settings_raise(bad):
 
 def test_automatic_map_needs_the_image(G):
     with pytest.raises(GanInvertError, match="mask_path"):
-        SamOpt().init_params(G, torch.zeros(1, 3, 16, 16), [torch.Generator()])
+        SamOpt().init_params(method_context(G, None, [torch.Generator()]))
 
 
 @pytest.mark.skipif(not LPIPS_WEIGHTS.is_file(), reason="needs ../shared/weights/lpips_alex.pth")

@@ -13,6 +13,8 @@ from torch import nn
 from ganinvert.inversion import invert, make_method
 from ganinvert.inversion.methods.sphinx import Sphinx
 
+from tests.conftest import method_context
+
 NO_LPIPS = {"lambda_lpips": 0.0}
 #: Short-run overrides for the 32 px reference generator (the presets' 5000-10 000 steps at lr 1e-3
 #: are far too long for a test). Found by a sweep; see the in-domain tests.
@@ -42,7 +44,7 @@ def test_official_preset_dimensions(reference_generator_32):
     G = reference_generator_32  # style_dim 64, 8 ws, 64 constant channels
     m = make_method("sphinx")
     assert m.settings.steps == 5000 and m.settings.lr == 1e-3 and m.settings.lambda_lpips == 1.5
-    params = m.init_params(G, torch.zeros(1, 3, 32, 32), rngs(0))
+    params = m.init_params(method_context(G, torch.zeros(1, 3, 32, 32), rngs(0)))
     shapes = {k: tuple(v.shape) for k, v in params.items()}
     # Authors' StyleProjection: encoder D -> D/2 -> D/4 -> 32 and per-layer decoders 32 -> 64 -> 128 -> D.
     assert [shapes[f"ps.enc.{i}.weight"] for i in range(3)] == [(1, 32, 64), (1, 16, 32), (1, 32, 16)]
@@ -59,7 +61,7 @@ def test_paper_preset_dimensions(reference_generator_32):
     G = reference_generator_32
     m = make_method("sphinx", "sphinx-paper")
     assert m.settings.steps == 10000 and m.settings.schedule == "trapezoid"
-    shapes = {k: tuple(v.shape) for k, v in m.init_params(G, torch.zeros(1, 3, 32, 32), rngs(0)).items()}
+    shapes = {k: tuple(v.shape) for k, v in m.init_params(method_context(G, torch.zeros(1, 3, 32, 32), rngs(0))).items()}
     # Paper §4.1: Ps FC [512, 256, 16] and decoders [32, 64, 512] (scaled to D = 64); Pc on a C-channel Gaussian.
     assert [shapes[f"ps.enc.{i}.weight"][1] for i in range(3)] == [64, 32, 16]
     assert [shapes[f"ps.dec.{i}.weight"][2] for i in range(3)] == [32, 64, 64]
@@ -71,7 +73,7 @@ def test_style_head_equals_the_authors_module_layout(reference_generator_32):
     first layer only) on each of the num_ws rows, then one decoder per row."""
     G = reference_generator_32
     m = make_method("sphinx")
-    params = m.init_params(G, torch.zeros(2, 3, 32, 32), rngs(0, 1))
+    params = m.init_params(method_context(G, torch.zeros(2, 3, 32, 32), rngs(0, 1)))
     z = torch.randn(2, G.num_ws, G.style_dim, generator=torch.Generator().manual_seed(5))
     out = m.style_head(params, z)
     for n in range(2):
@@ -96,7 +98,7 @@ def test_content_head_equals_equalised_1x1_convolutions(reference_generator_32):
     """ContentProjection: EqualConv2d 1x1 (no bias) + FusedLeakyReLU, twice, then a last EqualConv2d."""
     G = reference_generator_32
     m = make_method("sphinx")
-    params = m.init_params(G, torch.zeros(1, 3, 32, 32), rngs(3))
+    params = m.init_params(method_context(G, torch.zeros(1, 3, 32, 32), rngs(3)))
     params["pc.0.bias"] = torch.randn(params["pc.0.bias"].shape, generator=torch.Generator().manual_seed(1))
     x = torch.randn(1, 8, 4, 4, generator=torch.Generator().manual_seed(2))
     h = x
@@ -113,7 +115,7 @@ def test_sphinx_optimises_exactly_its_variables(G, hash_state, overrides):
     target = torch.zeros(2, 3, 32, 32)
     m = make_method("sphinx", None, {"steps": 4, **NO_LPIPS, **overrides})
     (stage,) = m.stages(G)
-    initial = m.init_params(G, target, rngs(1, 2))
+    initial = m.init_params(method_context(G, target, rngs(1, 2)))
     names = set(stage.names)
     assert names == ({k for k in initial if k.startswith("ps.")}
                      | ({k for k in initial if k.startswith("pc.")} if m.settings.content else set())
@@ -137,9 +139,9 @@ def test_sphinx_optimises_exactly_its_variables(G, hash_state, overrides):
 
 def test_inputs_draw_fresh_codes_and_render_inputs_do_not(G):
     m = make_method("sphinx", None, NO_LPIPS)
-    params = m.init_params(G, torch.zeros(1, 3, 32, 32), rngs(0))
+    params = m.init_params(method_context(G, torch.zeros(1, 3, 32, 32), rngs(0)))
     generators = rngs(9)
-    a, b = m.inputs(G, params, generators), m.inputs(G, params, generators)
+    a, b = m.inputs(method_context(G, None, generators), params), m.inputs(method_context(G, None, generators), params)
     assert not torch.equal(a.ws, b.ws) and not torch.equal(a.const, b.const)
     r1, r2 = m.render_inputs(G, params), m.render_inputs(G, params)
     assert torch.equal(r1.ws, r2.ws) and torch.equal(r1.const, r2.const)

@@ -12,7 +12,7 @@ from ganinvert.inversion import invert
 from ganinvert.inversion.methods import make_method
 from ganinvert.models.basecode_encoder import (BaseCodeEncoder, encoder_input_side, load_basecode_encoder,
                                                save_basecode_encoder)
-from tests.conftest import generated_images, make_random_generator
+from tests.conftest import generated_images, make_random_generator, method_context
 
 
 @pytest.fixture(scope="module")
@@ -55,15 +55,15 @@ def test_feature_methods_start_from_the_encoder_file(G, tmp_path: Path, name: st
     path = save_basecode_encoder(encoder, tmp_path / "e.safetensors", G)
     x = generated_images(G)
     method = make_method(name, overrides={"encoder_path": str(path), "feature_block": 1})
-    params = method.init_params(G, x, _rngs(2))
+    params = method.init_params(method_context(G, x, _rngs(2)))
     assert torch.allclose(params["features"], encoder(x))
     # "default" resolves to no encoder for a non-bundled generator: the w_avg features.
-    default = make_method(name, overrides={"feature_block": 1}).init_params(G, x, _rngs(2))
+    default = make_method(name, overrides={"feature_block": 1}).init_params(method_context(G, x, _rngs(2)))
     mean = G.block_features(G.broadcast(G.w_avg[None]), 1).features
     assert torch.allclose(default["features"], mean.expand(2, -1, -1, -1))
     # An encoder of another block is refused when named explicitly.
     with pytest.raises(GanInvertError, match="block"):
-        make_method(name, overrides={"encoder_path": str(path), "feature_block": 2}).init_params(G, x, _rngs(2))
+        make_method(name, overrides={"encoder_path": str(path), "feature_block": 2}).init_params(method_context(G, x, _rngs(2)))
 
 
 def test_basecode_term_pulls_towards_the_prediction(G, tmp_path: Path) -> None:
@@ -82,7 +82,7 @@ def test_basecode_term_pulls_towards_the_prediction(G, tmp_path: Path) -> None:
 
     assert drift(pulled) < drift(free)
     with pytest.raises(GanInvertError, match="basecode_weight needs"):
-        make_method("fz+", overrides={"basecode_weight": 1.0, "feature_block": 1}).init_params(G, x, _rngs(2))
+        make_method("fz+", overrides={"basecode_weight": 1.0, "feature_block": 1}).init_params(method_context(G, x, _rngs(2)))
 
 
 def test_bundled_encoder_serves_the_default_generator() -> None:
@@ -94,7 +94,7 @@ def test_bundled_encoder_serves_the_default_generator() -> None:
         method = make_method(name)
         assert method.encoder(default) is not None
         assert make_method(name, overrides={"feature_block": 3}).encoder(default) is None  # another block
-        assert method.init_params(default, x, _rngs(1))["features"].shape == (1, *default.feature_shape(2))
+        assert method.init_params(method_context(default, x, _rngs(1)))["features"].shape == (1, *default.feature_shape(2))
     assert (BUNDLED_DIR / "fz-encoder.safetensors").stat().st_size < 25e6
 
 
@@ -111,7 +111,7 @@ def test_bundled_encoder_start_reproduces_shifted_samples() -> None:
     def start_psnr(encoder_path: str | None) -> float:
         method = make_method("fw+", overrides={"encoder_path": encoder_path})
         with torch.no_grad():
-            start = method.render_inputs(default, method.init_params(default, x, _rngs(len(x)))).render(default)
+            start = method.render_inputs(default, method.init_params(method_context(default, x, _rngs(len(x))))).render(default)
         return float(psnr(start.clamp(-1, 1), x).mean())
 
     assert start_psnr("default") > start_psnr(None) + 10.0

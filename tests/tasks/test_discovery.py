@@ -9,6 +9,8 @@ import pytest
 import torch
 from task_fixtures import random_generator, sample
 
+from ganinvert.inversion.methods.base import InversionContext
+
 from ganinvert.errors import GanInvertError
 from ganinvert.inversion import InversionResult, invert, make_method
 from ganinvert.tasks.discovery import (DEFAULT_FACTORS, Discover, alphas, apply_attribute, attribute_variants,
@@ -62,12 +64,14 @@ def test_method_tensors_render_and_hinge(G) -> None:
     method = make_method("discover", None, {"factors": (0.0, 10.0, 20.0, 30.0)})
     k = method.num_variants
     stacked = torch.zeros(2, 3 * k, G.resolution, G.resolution)
-    params = method.init_params(G, stacked, [torch.Generator().manual_seed(s) for s in (0, 1)])
+    rngs = [torch.Generator().manual_seed(s) for s in (0, 1)]
+    ctx = InversionContext(G=G, rngs=rngs, measurement=stacked, operator=method.stack_variants)
+    params = method.init_params(ctx)
     assert params["attr.direction"].shape == (2, G.num_ws, G.style_dim) and params["attr.alpha"].shape == (2, k - 1)
     assert {"attr.direction", "attr.alpha"} <= set(method.stages(G)[0].names)
     params["attr.alpha"] = torch.tensor([[1.0, 5.0, 6.0], [3.0, 6.0, 9.0]])
     # tau = 2: image 0 pays (2 - 1) + 0 + (2 - 1); image 1 pays nothing; weight 0.5.
-    assert method.regulariser(G, params, None).tolist() == [1.0, 0.0]
+    assert method.regulariser(ctx, params, None).tolist() == [1.0, 0.0]
     inputs = method.render_inputs(G, params)
     assert inputs.ws.shape == (2 * k, G.num_ws, G.style_dim)
     unit = Discover.unit_direction(params)
@@ -77,7 +81,8 @@ def test_method_tensors_render_and_hinge(G) -> None:
     assert torch.equal(inputs.ws[0], base[0])  # the reference variant is w*+ itself
     assert method.stack_variants(inputs.render(G)).shape == (2, 3 * k, G.resolution, G.resolution)
     with pytest.raises(GanInvertError, match="stacked as"):
-        method.init_params(G, torch.zeros(1, 3, G.resolution, G.resolution), [torch.Generator()])
+        image = torch.zeros(1, 3, G.resolution, G.resolution)
+        method.init_params(InversionContext(G=G, rngs=[torch.Generator()], measurement=image, image=image))
 
 
 def test_settings_are_validated() -> None:

@@ -1,6 +1,8 @@
 """What a method is: a parameterisation of the generator's inputs, plugged into the one engine.
 
-A method says
+Every hook that runs inside the optimisation receives one :class:`InversionContext` (generator,
+random streams, image or measurement and operator, LPIPS, stage and step); a method keeps no
+per-run state on itself. It says
 
 * which tensors exist (``init_params``; every tensor has the batch as its first dimension, so a
   result can be split per image) and which of them each stage optimises (``stages``);
@@ -17,12 +19,13 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Sequence
+from typing import Any, Callable, ClassVar, Sequence
 
 import torch
 
 from ...errors import GanInvertError
 from ...models.stylegan2 import FeatureEntry, StyleGAN2Generator
+from ...settings import replace_typed, typed_fields
 
 Params = dict[str, torch.Tensor]
 
@@ -81,19 +84,19 @@ class MethodSettings:
     lambda_mse: float = 1.0
     lambda_lpips: float = 1.0
 
+    def __post_init__(self) -> None:
+        # Every value converted to its field's type however the settings were built (presets,
+        # `--set`, keyword arguments); the sign rules of lr and loss weights are checked there too.
+        typed_fields(self)
+
     def replace(self, **changes: Any) -> "MethodSettings":
-        names = {f.name for f in dataclasses.fields(self)}
-        unknown = set(changes) - names
-        if unknown:
-            raise GanInvertError(f"unknown setting(s) {', '.join(sorted(unknown))} for "
-                                 f"{type(self).__name__}; known: {', '.join(sorted(names))}")
-        return dataclasses.replace(self, **changes)
+        """A copy with ``changes`` (unknown names and ill-typed values raise GanInvertError)."""
+        return replace_typed(self, **changes)
 
     def validate(self) -> None:
+        """What the values mean together (their types are checked when the settings are built)."""
         if self.steps <= 0:
             raise GanInvertError(f"steps must be > 0, got {self.steps}")
-        if self.lr <= 0:
-            raise GanInvertError(f"lr must be > 0, got {self.lr}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -115,6 +118,55 @@ def randn(rngs: Sequence[torch.Generator], shape: Sequence[int], device: torch.d
     return torch.stack([torch.randn(tuple(shape), generator=g) for g in rngs]).to(device)
 
 
+def rand(rngs: Sequence[torch.Generator], shape: Sequence[int], device: torch.device | str = "cpu") -> torch.Tensor:
+    """One U(0, 1) draw of ``shape`` per sample, each from its own generator (as :func:`randn`)."""
+    return torch.stack([torch.rand(tuple(shape), generator=g) for g in rngs]).to(device)
+
+
+@dataclass
+class InversionContext:
+    """What the engine hands every method hook: the generator, the per-image random streams, what
+    is being inverted, the LPIPS module of the loss and where the loop stands.
+
+    Attributes:
+        G: the generator (never modified).
+        rngs: one ``torch.Generator`` per image; every draw of a hook comes from them.
+        measurement: y, what ``A(x_hat)`` is compared with; None outside an optimisation (rendering
+            fresh draws of a finished result).
+        image: the picture a method may look at (encoders, SAM's error maps): the image being
+            inverted when there is no forward operator; None when there is one, because a
+            restoration sees only its measurement.
+        operator: the forward operator A, or None for the identity.
+        lpips: the engine's LPIPS module (None without LPIPS weights); methods with LPIPS-based
+            terms use it instead of loading their own.
+        stage_index: the running stage of ``method.stages(G)``; step: the steps done in it.
+    """
+
+    G: StyleGAN2Generator
+    rngs: Sequence[torch.Generator]
+    measurement: torch.Tensor | None = None
+    image: torch.Tensor | None = None
+    operator: Callable[[torch.Tensor], torch.Tensor] | None = None
+    lpips: torch.nn.Module | None = None
+    stage_index: int = 0
+    step: int = 0
+
+    @property
+    def batch_size(self) -> int:
+        return len(self.rngs)
+
+    @property
+    def device(self) -> torch.device:
+        return self.G.w_avg.device
+
+    def require_image(self, method: str) -> torch.Tensor:
+        """The picture itself, for methods that read it (encoders, measured error maps)."""
+        if self.image is None:
+            raise GanInvertError(f"method {method} reads the image itself, so it cannot invert a measurement "
+                                 "through a forward operator")
+        return self.image
+
+
 class Method:
     """Base class of inversion methods; see the module docstring."""
 
@@ -129,33 +181,33 @@ class Method:
         self.settings.validate()
 
     # -- required ---------------------------------------------------------------------------
-    def init_params(self, G: StyleGAN2Generator, target: torch.Tensor, rngs: Sequence[torch.Generator]) -> Params:
-        """Create every tensor of the method for ``len(rngs)`` images (first dim = batch)."""
+    def init_params(self, ctx: InversionContext) -> Params:
+        """Create every tensor of the method for ``ctx.batch_size`` images (first dim = batch)."""
         raise NotImplementedError
 
     def stages(self, G: StyleGAN2Generator) -> list[Stage]:
         """The optimisation phases: which tensors each optimises, with which LR and schedule."""
         raise NotImplementedError
 
-    def inputs(self, G: StyleGAN2Generator, params: Params, rngs: Sequence[torch.Generator]) -> SynthesisInputs:
-        """Generator inputs for one training iteration (may draw from ``rngs``)."""
-        return self.render_inputs(G, params)
+    def inputs(self, ctx: InversionContext, params: Params) -> SynthesisInputs:
+        """Generator inputs for one iteration of stage ``ctx.stage_index`` (may draw from ``ctx.rngs``)."""
+        return self.render_inputs(ctx.G, params)
 
     def render_inputs(self, G: StyleGAN2Generator, params: Params) -> SynthesisInputs:
         """Deterministic generator inputs of a finished result."""
         raise NotImplementedError
 
     # -- optional hooks ---------------------------------------------------------------------
-    def begin_stage(self, G: StyleGAN2Generator, params: Params, stage_index: int) -> None:
-        """Prepare ``params`` before ``stage_index`` starts (e.g. create the next ILO variable)."""
+    def begin_stage(self, ctx: InversionContext, params: Params) -> None:
+        """Prepare ``params`` before stage ``ctx.stage_index`` starts (e.g. create the next ILO variable)."""
 
-    def regulariser(self, G: StyleGAN2Generator, params: Params, inputs: SynthesisInputs) -> torch.Tensor | None:
+    def regulariser(self, ctx: InversionContext, params: Params, inputs: SynthesisInputs) -> torch.Tensor | None:
         """Per-sample regulariser (N,) added to the loss, or None."""
         return None
 
     @torch.no_grad()
-    def project(self, G: StyleGAN2Generator, params: Params, stage_index: int) -> None:
-        """Projection applied in place after every optimiser step."""
+    def project(self, ctx: InversionContext, params: Params) -> None:
+        """Projection applied in place after every optimiser step of stage ``ctx.stage_index``."""
 
     def edit_inputs(self, G: StyleGAN2Generator, params: Params, direction: torch.Tensor,
                     alpha: float, layers: Sequence[int] | None = None) -> SynthesisInputs:
@@ -165,14 +217,12 @@ class Method:
         this with their own rule.
         """
         inputs = self.render_inputs(G, params)
-        inputs.ws = inputs.ws + alpha * _layer_mask(G, layers, inputs.ws) * direction.to(inputs.ws)
+        inputs.ws = inputs.ws + alpha * layer_mask(G, layers, inputs.ws) * direction.to(inputs.ws)
         return inputs
 
-    def describe(self) -> str:
-        return self.summary
 
-
-def _layer_mask(G: StyleGAN2Generator, layers: Sequence[int] | None, like: torch.Tensor) -> torch.Tensor:
+def layer_mask(G: StyleGAN2Generator, layers: Sequence[int] | None, like: torch.Tensor) -> torch.Tensor:
+    """(num_ws, 1) ones at the ``layers`` an edit moves (all when None), zeros elsewhere."""
     mask = torch.zeros(G.num_ws, 1, dtype=like.dtype, device=like.device)
     mask[list(range(G.num_ws)) if layers is None else list(layers)] = 1
     return mask

@@ -15,7 +15,8 @@ import torch
 
 from ...errors import GanInvertError
 from ...models.stylegan2 import StyleGAN2Generator
-from .base import ParamGroup, Params, Preset, Stage, SynthesisInputs, randn, register
+from .base import (InversionContext, ParamGroup, Params, Preset, Stage, SynthesisInputs, layer_mask, randn,
+                   register)
 from .sphinx import Sphinx, SphinxSettings
 
 ATTRIBUTES = ("rotation", "brightness", "zoom")
@@ -68,8 +69,8 @@ class DiscoverSettings(SphinxSettings):
             check_factor(self.attribute, factor)
         if self.lambda_lpips:
             raise GanInvertError("method discover compares K stacked variants and supports lambda_lpips = 0 only")
-        if self.margin <= 0 or self.mono_weight < 0 or self.attribute_lr <= 0:
-            raise GanInvertError("discover needs margin > 0, mono_weight >= 0 and attribute_lr > 0")
+        if self.margin <= 0:
+            raise GanInvertError(f"margin must be > 0, got {self.margin}")
 
 
 _SPHINX_OFFICIAL = Sphinx.presets["sphinx-official"].settings
@@ -96,13 +97,14 @@ class Discover(Sphinx):
     def num_variants(self) -> int:
         return len(self.settings.factors)
 
-    def init_params(self, G: StyleGAN2Generator, target: torch.Tensor, rngs: Sequence[torch.Generator]) -> Params:
-        channels = 3 * self.num_variants
-        if target.ndim != 4 or target.shape[1] != channels:
+    def init_params(self, ctx: InversionContext) -> Params:
+        G, rngs, channels = ctx.G, ctx.rngs, 3 * self.num_variants
+        y = ctx.measurement
+        if ctx.operator != self.stack_variants or y is None or y.ndim != 4 or y.shape[1] != channels:
             raise GanInvertError(f"method discover inverts the {self.num_variants} attribute variants of an image "
-                                 f"stacked as (N, {channels}, H, W), got {tuple(target.shape)}; use "
+                                 f"stacked as (N, {channels}, H, W) through its stack_variants operator; use "
                                  "`ganinvert discover` or ganinvert.tasks.discovery.discover")
-        params = super().init_params(G, target, rngs)
+        params = super().init_params(ctx)
         params["attr.direction"] = randn(rngs, (G.num_ws, G.style_dim), G.w_avg.device)
         params["attr.alpha"] = torch.zeros(len(rngs), self.num_variants - 1, device=G.w_avg.device)
         return params
@@ -136,8 +138,8 @@ class Discover(Sphinx):
         noise = [repeat(x) for x in base.noise] if base.noise is not None else None
         return SynthesisInputs(ws=ws.reshape(n * t, *ws.shape[2:]), noise=noise, const=repeat(base.const))
 
-    def inputs(self, G: StyleGAN2Generator, params: Params, rngs: Sequence[torch.Generator]) -> SynthesisInputs:
-        return self.shifted(super().inputs(G, params, rngs), params, self.alphas(params))
+    def inputs(self, ctx: InversionContext, params: Params) -> SynthesisInputs:
+        return self.shifted(super().inputs(ctx, params), params, self.alphas(params))
 
     def base_inputs(self, G: StyleGAN2Generator, params: Params) -> SynthesisInputs:
         """The reference variant's inputs (w*+ with the stored draw), one per image."""
@@ -150,7 +152,7 @@ class Discover(Sphinx):
         """The engine's operator: (N*K, 3, H, W) renders -> (N, K*3, H, W)."""
         return images.reshape(-1, 3 * self.num_variants, *images.shape[-2:])
 
-    def regulariser(self, G: StyleGAN2Generator, params: Params, inputs: SynthesisInputs) -> torch.Tensor:
+    def regulariser(self, ctx: InversionContext, params: Params, inputs: SynthesisInputs) -> torch.Tensor:
         s = self.settings
         alpha = params["attr.alpha"]
         hinge = torch.relu(s.margin - alpha[:, 0]) + torch.relu(s.margin - alpha.diff(dim=1)).sum(1)
@@ -160,7 +162,5 @@ class Discover(Sphinx):
                     alpha: float, layers: Sequence[int] | None = None) -> SynthesisInputs:
         """Edits move the reference variant's w*+ (one render per image)."""
         inputs = self.base_inputs(G, params)
-        mask = torch.zeros(G.num_ws, 1, device=inputs.ws.device, dtype=inputs.ws.dtype)
-        mask[list(range(G.num_ws)) if layers is None else list(layers)] = 1
-        inputs.ws = inputs.ws + alpha * mask * direction.to(inputs.ws)
+        inputs.ws = inputs.ws + alpha * layer_mask(G, layers, inputs.ws) * direction.to(inputs.ws)
         return inputs

@@ -52,7 +52,8 @@ from ...models.basecode_encoder import KIND as ENCODER_KIND
 from ...models.basecode_encoder import BaseCodeEncoder, load_basecode_encoder
 from ...models.encoders import optional_network_path
 from ...models.stylegan2 import FeatureEntry, StyleGAN2Generator
-from .base import Method, MethodSettings, ParamGroup, Params, Preset, Stage, SynthesisInputs, randn, register
+from .base import (InversionContext, Method, MethodSettings, ParamGroup, Params, Preset, Stage, SynthesisInputs,
+                   randn, register)
 from .latent import PNormStatistics
 
 #: BDInvert's default base-code side (``--basecode_spatial_size``); block = log2(16) - 2.
@@ -128,10 +129,8 @@ class FeatureSettings(MethodSettings):
 
     def validate(self) -> None:
         super().validate()
-        if not isinstance(self.feature_block, int) or self.feature_block < 0:
-            raise GanInvertError(f"feature_block must be an integer >= 0, got {self.feature_block!r}")
-        if not math.isfinite(self.basecode_weight) or self.basecode_weight < 0:
-            raise GanInvertError(f"basecode_weight must be a finite number >= 0, got {self.basecode_weight}")
+        if self.feature_block < 0:
+            raise GanInvertError(f"feature_block must be >= 0, got {self.feature_block}")
 
 
 @dataclass
@@ -142,11 +141,6 @@ class FWPlusSettings(FeatureSettings):
     """
 
     pn_weight: float = 0.01
-
-    def validate(self) -> None:
-        super().validate()
-        if not self.pn_weight >= 0:
-            raise GanInvertError(f"pn_weight must be >= 0, got {self.pn_weight}")
 
 
 @dataclass
@@ -206,15 +200,14 @@ class FeatureMethod(Method):
             self._encoders[path] = encoder
         return self._encoders[path]
 
-    def init_params(self, G: StyleGAN2Generator, target: torch.Tensor, rngs: Sequence[torch.Generator]) -> Params:
-        n = len(rngs)
+    def init_params(self, ctx: InversionContext) -> Params:
+        G, rngs, n = ctx.G, ctx.rngs, ctx.batch_size
         encoder = self.encoder(G)
-        is_image = target.ndim == 4 and tuple(target.shape[1:]) == (3, G.resolution, G.resolution)
-        if self.settings.basecode_weight and (encoder is None or not is_image):
+        if self.settings.basecode_weight and (encoder is None or ctx.image is None):
             raise GanInvertError("basecode_weight needs a base-code encoder (encoder_path) and the target image")
         with torch.no_grad():
-            if encoder is not None and is_image:
-                features = encoder(target.detach().clamp(-1, 1))
+            if encoder is not None and ctx.image is not None:
+                features = encoder(ctx.image.detach().clamp(-1, 1))
             else:
                 mean_ws = G.broadcast(G.w_avg[None])
                 features = G.block_features(mean_ws, self.block(G)).features.expand(n, -1, -1, -1).clone()
@@ -223,7 +216,7 @@ class FeatureMethod(Method):
             params["basecode"] = features.clone()
         return params
 
-    def regulariser(self, G: StyleGAN2Generator, params: Params, inputs: SynthesisInputs) -> torch.Tensor | None:
+    def regulariser(self, ctx: InversionContext, params: Params, inputs: SynthesisInputs) -> torch.Tensor | None:
         """BDInvert's base-code term ``basecode_weight * mean((F - E(x))^2)`` (None when off)."""
         if not self.settings.basecode_weight:
             return None
@@ -273,12 +266,12 @@ class FWPlus(FeatureMethod):
     def live_ws(self, G: StyleGAN2Generator, latent: torch.Tensor) -> torch.Tensor:
         return latent
 
-    def regulariser(self, G: StyleGAN2Generator, params: Params, inputs: SynthesisInputs) -> torch.Tensor | None:
-        basecode = super().regulariser(G, params, inputs)
+    def regulariser(self, ctx: InversionContext, params: Params, inputs: SynthesisInputs) -> torch.Tensor | None:
+        basecode = super().regulariser(ctx, params, inputs)
         if not self.settings.pn_weight:
             return basecode
         # invert.py averages the squared P_N coordinates over all num_ws rows, skipped ones (at w_avg) included.
-        pn = self.settings.pn_weight * PNormStatistics.of(G).norm(inputs.ws)
+        pn = self.settings.pn_weight * PNormStatistics.of(ctx.G).norm(inputs.ws)
         return pn if basecode is None else pn + basecode
 
     def edit_inputs(self, G: StyleGAN2Generator, params: Params, direction: torch.Tensor,
@@ -318,8 +311,8 @@ class FZPlus(FeatureMethod):
         return torch.where(truncated[None, :, None], G.truncate(w, s.truncation_psi), w)
 
     @torch.no_grad()
-    def project(self, G: StyleGAN2Generator, params: Params, stage_index: int) -> None:
-        params["latent"].copy_(retract_to_sphere(params["latent"], self.radius(G)))
+    def project(self, ctx: InversionContext, params: Params) -> None:
+        params["latent"].copy_(retract_to_sphere(params["latent"], self.radius(ctx.G)))
 
     def edit_inputs(self, G: StyleGAN2Generator, params: Params, direction: torch.Tensor,
                     alpha: float, layers: Sequence[int] | None = None) -> SynthesisInputs:

@@ -21,16 +21,14 @@ Example:
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 
 from ...errors import GanInvertError
 from ...models.hyperinverter import load_hyperinverter, load_wencoder
 from ...models.stylegan2 import StyleGAN2Generator
-from .base import Method, MethodSettings, Params, Preset, Stage, SynthesisInputs, register
+from .base import InversionContext, Method, MethodSettings, Params, Preset, Stage, SynthesisInputs, register
 from .pti import DELTA_PREFIX, weight_deltas
 
 LATENT = "latent"
@@ -50,15 +48,11 @@ class EncoderSettings(MethodSettings):
     lambda_lpips: float = 0.0
     network_path: str = "default"
 
-    def validate(self) -> None:
+    def validate(self) -> None:  # not MethodSettings's: steps is 0 here
         if self.steps != 0:
             raise GanInvertError(f"encoder methods run no optimisation steps; steps must be 0, got {self.steps}")
         if not self.network_path:
             raise GanInvertError("network_path must name a network file or 'default'")
-        for name in ("lr", "lambda_mse", "lambda_lpips"):
-            value = getattr(self, name)
-            if not math.isfinite(value) or value < 0:
-                raise GanInvertError(f"{name} must be a finite number >= 0, got {value}")
 
 
 class _EncoderMethod(Method):
@@ -99,9 +93,9 @@ class HyperInverterMethod(_EncoderMethod):
         return load_hyperinverter(spec, G)
 
     @torch.no_grad()
-    def init_params(self, G: StyleGAN2Generator, target: torch.Tensor, rngs: Sequence[torch.Generator]) -> Params:
-        _check_target(G, target)
-        w, deltas = self.network(G)(target, G)
+    def init_params(self, ctx: InversionContext) -> Params:
+        G = ctx.G
+        w, deltas = self.network(G)(ctx.require_image(self.name), G)
         params: Params = {LATENT: G.broadcast(w).contiguous()}
         params.update((DELTA_PREFIX + name, delta.contiguous()) for name, delta in deltas.items())
         return params
@@ -120,13 +114,5 @@ class HyperInverterE1Method(_EncoderMethod):
         return load_wencoder(spec, G)
 
     @torch.no_grad()
-    def init_params(self, G: StyleGAN2Generator, target: torch.Tensor, rngs: Sequence[torch.Generator]) -> Params:
-        _check_target(G, target)
-        return {LATENT: G.broadcast(self.network(G)(target)).contiguous()}
-
-
-def _check_target(G: StyleGAN2Generator, target: torch.Tensor) -> None:
-    """The networks read the image itself: a measurement through a forward operator will not do."""
-    if target.ndim != 4 or tuple(target.shape[1:]) != (3, G.resolution, G.resolution):
-        raise GanInvertError(f"encoder methods need (N, 3, {G.resolution}, {G.resolution}) images, "
-                             f"got {tuple(target.shape)} (no forward operator is supported)")
+    def init_params(self, ctx: InversionContext) -> Params:
+        return {LATENT: ctx.G.broadcast(self.network(ctx.G)(ctx.require_image(self.name))).contiguous()}

@@ -60,7 +60,7 @@ import torch.nn.functional as F
 from ...errors import GanInvertError
 from ...models.stylegan2 import FeatureEntry, StyleGAN2Generator, default_channels
 from ..schedules import get_schedule
-from .base import (Method, MethodSettings, ParamGroup, Params, Preset, Stage, SynthesisInputs, gather_noise, randn,
+from .base import (InversionContext, Method, MethodSettings, ParamGroup, Params, Preset, Stage, SynthesisInputs, gather_noise, randn,
                    register)
 from .feature import check_direction, editable_layers, live_ws_indices, retract_to_sphere
 
@@ -169,13 +169,12 @@ class ILOSettings(MethodSettings):
 
     def validate(self) -> None:
         super().validate()
-        if not _numbers(self.round_shares) or min(self.round_shares) < 0 or not sum(self.round_shares) > 0:
+        if not self.round_shares or min(self.round_shares) < 0 or not sum(self.round_shares) > 0:
             raise GanInvertError(f"round_shares must be numbers >= 0 with a positive sum, got {self.round_shares!r}")
         if self.mapping not in MAPPINGS:
             raise GanInvertError(f"mapping must be one of {', '.join(MAPPINGS)}, got {self.mapping!r}")
-        if self.feature_radii is not None and (
-                not _numbers(self.feature_radii) or not all(math.isfinite(r) and r >= 0 for r in self.feature_radii)):
-            raise GanInvertError(f"feature_radii must be a sequence of finite numbers >= 0, or None; "
+        if self.feature_radii is not None and (not self.feature_radii or min(self.feature_radii) < 0):
+            raise GanInvertError(f"feature_radii must be a non-empty tuple of numbers >= 0, or None; "
                                  f"got {self.feature_radii!r}")
         if not self.geocross >= 0:
             raise GanInvertError(f"geocross must be >= 0, got {self.geocross}")
@@ -192,12 +191,6 @@ class ILOSettings(MethodSettings):
             cumulative += float(share)
             bounds.append(round(self.steps * cumulative / total))
         return [b - a for a, b in zip(bounds, bounds[1:])]
-
-
-def _numbers(values: object) -> bool:
-    """A non-empty tuple or list of real numbers (settings may come from ``--set key=value``)."""
-    return (isinstance(values, (tuple, list)) and len(values) > 0
-            and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values))
 
 
 _PRESET_COMMON = {"steps": 150, "round_shares": (50.0, 50.0, 25.0, 25.0), "lr": 0.1, "schedule": "ilo",
@@ -264,7 +257,8 @@ class ILO(Method):
         return float(radii[min(round_index, len(radii) - 1)]) * channels * side * side / config_f
 
     # -- tensors --------------------------------------------------------------------------------
-    def init_params(self, G: StyleGAN2Generator, target: torch.Tensor, rngs: Sequence[torch.Generator]) -> Params:
+    def init_params(self, ctx: InversionContext) -> Params:
+        G, rngs = ctx.G, ctx.rngs
         self.num_rounds(G)
         like = G.w_avg  # device and dtype of the generator
         params: Params = {"latent": retract_to_sphere(randn(rngs, (G.num_ws, G.style_dim)).to(like),
@@ -273,12 +267,14 @@ class ILO(Method):
             params[f"noise_{i}"] = retract_to_sphere(randn(rngs, shape[1:]).to(like), shape[-1], dims=(1, 2, 3))
         return params
 
-    def begin_stage(self, G: StyleGAN2Generator, params: Params, stage_index: int) -> None:
+    def begin_stage(self, ctx: InversionContext, params: Params) -> None:
+        G, stage_index = ctx.G, ctx.stage_index
         block = self.entry_block(stage_index)
         if block is None:
             return
         with torch.no_grad():
-            entry = advance_entry(G, self.render_inputs(G, params), block)
+            previous = self.round_inputs(G, params, stage_index - 1)
+            entry = G.block_features(previous.ws, block, previous.noise, feature_entry=previous.feature_entry)
         params[f"features.{block}"] = entry.features.clone()
         params[f"anchor.{block}"] = entry.features.clone()
         if entry.rgb is not None:
@@ -287,26 +283,32 @@ class ILO(Method):
     def ws(self, G: StyleGAN2Generator, latent: torch.Tensor) -> torch.Tensor:
         return GaussianFit.of(G)(latent) if self.settings.mapping == "gaussian-fit" else G.mapping(latent)
 
-    @staticmethod
-    def current_round(params: Params) -> int:
-        """The round the tensors belong to: 1 + the deepest feature block present (0 when none)."""
-        blocks = [int(name.split(".")[1]) for name in params if name.startswith("features.")]
-        return 1 + max(blocks) if blocks else 0
+    def final_round(self, G: StyleGAN2Generator) -> int:
+        """The round a finished result renders from: the last."""
+        return self.num_rounds(G) - 1
 
-    def render_inputs(self, G: StyleGAN2Generator, params: Params) -> SynthesisInputs:
-        block = self.entry_block(self.current_round(params))
+    def round_inputs(self, G: StyleGAN2Generator, params: Params, round_index: int) -> SynthesisInputs:
+        """Generator inputs of round ``round_index``: z through the mapping, entering at its feature map."""
+        block = self.entry_block(round_index)
         entry = None if block is None else FeatureEntry(block, params[f"features.{block}"], params.get(f"rgb.{block}"))
         return SynthesisInputs(ws=self.ws(G, params["latent"]), noise=gather_noise(G, params), feature_entry=entry)
 
+    def inputs(self, ctx: InversionContext, params: Params) -> SynthesisInputs:
+        return self.round_inputs(ctx.G, params, ctx.stage_index)
+
+    def render_inputs(self, G: StyleGAN2Generator, params: Params) -> SynthesisInputs:
+        return self.round_inputs(G, params, self.final_round(G))
+
     # -- losses and constraints -----------------------------------------------------------------
-    def regulariser(self, G: StyleGAN2Generator, params: Params, inputs: SynthesisInputs) -> torch.Tensor | None:
-        rows = self.live_rows(G, self.current_round(params))
+    def regulariser(self, ctx: InversionContext, params: Params, inputs: SynthesisInputs) -> torch.Tensor | None:
+        rows = self.live_rows(ctx.G, ctx.stage_index)
         if not self.settings.geocross or len(rows) < 2:
             return None
         return self.settings.geocross * geocross(params["latent"][:, rows])
 
     @torch.no_grad()
-    def project(self, G: StyleGAN2Generator, params: Params, stage_index: int) -> None:
+    def project(self, ctx: InversionContext, params: Params) -> None:
+        G, stage_index = ctx.G, ctx.stage_index
         if self.settings.spherical:
             rows = self.live_rows(G, stage_index)
             latent = params["latent"]
@@ -324,7 +326,7 @@ class ILO(Method):
                     alpha: float, layers: Sequence[int] | None = None) -> SynthesisInputs:
         """``alpha * direction`` added in w space to the ``layers`` read after the last feature map."""
         check_direction(G, direction)
-        allowed = editable_layers(G, self.live_rows(G, self.current_round(params)), layers)
+        allowed = editable_layers(G, self.live_rows(G, self.final_round(G)), layers)
         return super().edit_inputs(G, params, direction, alpha, allowed)
 
 
@@ -339,29 +341,3 @@ def geocross(latent: torch.Tensor) -> torch.Tensor:
     b = ((x + y).square().sum(-1) + 1e-9).sqrt()
     angle = 2 * torch.atan2(a, b)
     return (angle.square() * latent.shape[-1]).mean((1, 2)) / 8
-
-
-def advance_entry(G: StyleGAN2Generator, inputs: SynthesisInputs, block: int) -> FeatureEntry:
-    """The :class:`FeatureEntry` at ``block`` that reproduces the image of ``inputs``.
-
-    ``inputs`` may itself enter at an earlier block; the features and the skip image entering the
-    ToRGB sum of ``block`` are read off that block's ToRGB call, as ``G.block_features`` does from
-    the constant input.
-    """
-    if inputs.feature_entry is None:
-        return G.block_features(inputs.ws, block, inputs.noise, const=inputs.const)
-    if block <= inputs.feature_entry.block:
-        raise ValueError(f"cannot advance an entry at block {inputs.feature_entry.block} to block {block}")
-    rgb_layer = G.to_rgbs[block - 1]
-    seen: dict[str, tuple] = {}
-
-    def record(module: torch.nn.Module, args: tuple, output: torch.Tensor) -> None:
-        seen["args"] = args  # returning None keeps the layer's output
-
-    handle = rgb_layer.register_forward_hook(record)
-    try:
-        G.synthesis(inputs.ws, inputs.noise, feature_entry=inputs.feature_entry, output_block=block)
-    finally:
-        handle.remove()
-    features, skip = seen["args"][0], seen["args"][2]
-    return FeatureEntry(block, features, rgb_layer.upsample(skip))

@@ -16,13 +16,12 @@ mean squared norm is penalised with weight ``pnorm_weight``.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 
 from ...models.stylegan2 import StyleGAN2Generator
-from .base import (Method, MethodSettings, ParamGroup, Params, Preset, Stage, SynthesisInputs, frozen_noise,
+from .base import (InversionContext, Method, MethodSettings, ParamGroup, Params, Preset, Stage, SynthesisInputs, frozen_noise,
                    gather_noise, noise_names, randn, register)
 
 PNORM_SAMPLES = 10_000
@@ -93,7 +92,8 @@ class LatentMethod(Method):
             groups.append(ParamGroup(noise_names(G), s.noise_lr))
         return [Stage("main", s.steps, tuple(groups))]
 
-    def init_params(self, G: StyleGAN2Generator, target: torch.Tensor, rngs: Sequence[torch.Generator]) -> Params:
+    def init_params(self, ctx: InversionContext) -> Params:
+        G, rngs = ctx.G, ctx.rngs
         n, device = len(rngs), G.w_avg.device
         if self.space == "w":
             latent = G.w_avg.expand(n, -1).clone()
@@ -123,9 +123,9 @@ class LatentMethod(Method):
         return SynthesisInputs(ws=self.ws(G, params["latent"]), noise=gather_noise(G, params),
                                const=params.get("content"))
 
-    def regulariser(self, G: StyleGAN2Generator, params: Params, inputs: SynthesisInputs) -> torch.Tensor | None:
+    def regulariser(self, ctx: InversionContext, params: Params, inputs: SynthesisInputs) -> torch.Tensor | None:
         if self.settings.pnorm_weight and self.space in ("w", "w+"):
-            return self.settings.pnorm_weight * PNormStatistics.of(G).norm(params["latent"])
+            return self.settings.pnorm_weight * PNormStatistics.of(ctx.G).norm(params["latent"])
         return None
 
 

@@ -72,14 +72,13 @@ import torch.nn.functional as F
 from ...errors import GanInvertError, WeightsNotFoundError
 from ...models.stylegan2 import StyleGAN2Generator
 from ..losses import lpips_input
-from .base import (Method, MethodSettings, ParamGroup, Params, Preset, Stage, SynthesisInputs, gather_noise,
+from .base import (InversionContext, Method, MethodSettings, ParamGroup, Params, Preset, Stage, SynthesisInputs, gather_noise,
                    noise_names, randn, register)
 
 DELTA_PREFIX = "delta."
 CONST_DELTA = "delta.const"
 PIVOT = "pivot"
 #: Steps the pivot stage has taken, (N,); it drives the decaying w-noise and lives only in stage 1.
-PIVOT_STEP = "pivot_step"
 #: ``w_avg_samples=600`` and ``np.random.RandomState(123)`` of PTI's call to the projector
 #: (training/coaches/base_coach.py ``calc_inversions``, w_projector.py).
 W_STD_SAMPLES, W_STD_SEED = 600, 123
@@ -134,17 +133,13 @@ class PTISettings(MethodSettings):
         super().validate()
         if self.pivot_steps <= 0:
             raise GanInvertError(f"pivot_steps must be > 0, got {self.pivot_steps}")
-        if self.pivot_lr <= 0:
-            raise GanInvertError(f"pivot_lr must be > 0, got {self.pivot_lr}")
         if not 0 < self.w_noise_ramp <= 1:
             raise GanInvertError(f"w_noise_ramp must be in (0, 1], got {self.w_noise_ramp}")
         if self.locality_samples <= 0:
             raise GanInvertError(f"locality_samples must be > 0, got {self.locality_samples}")
-        for name in ("lambda_mse", "lambda_lpips", "noise_regularize_weight", "w_noise_factor", "locality_alpha",
-                     "locality_lambda_mse", "locality_lambda_lpips"):
-            value = getattr(self, name)
-            if not math.isfinite(value) or value < 0:
-                raise GanInvertError(f"{name} must be a finite number >= 0, got {value}")
+        for name in ("w_noise_factor", "locality_alpha"):
+            if getattr(self, name) < 0:
+                raise GanInvertError(f"{name} must be >= 0, got {getattr(self, name)}")
 
 
 @dataclass
@@ -215,12 +210,10 @@ class PTI(Method):
     }
     default_preset = "pti-official"
 
-    def __init__(self, settings: MethodSettings | None = None, lpips: torch.nn.Module | None = None) -> None:
-        """``lpips``: the LPIPS module of the locality regulariser (loaded from
-        ``settings.lpips_weights`` on first use when None)."""
+    def __init__(self, settings: MethodSettings | None = None) -> None:
         super().__init__(settings)
-        self.lpips = lpips
         self._w_std: dict[int, float] = {}
+        self._own_lpips: torch.nn.Module | None = None  # from settings.lpips_weights when the engine has none
 
     # -- structure --------------------------------------------------------------------------
     def delta_names(self, G: StyleGAN2Generator) -> tuple[str, ...]:
@@ -233,19 +226,20 @@ class PTI(Method):
         return [Stage("pivot", s.pivot_steps, (ParamGroup(pivot_names, s.pivot_lr, s.pivot_schedule),)),
                 Stage("tune", s.steps, (ParamGroup(self.delta_names(G), s.lr),))]
 
-    def init_params(self, G: StyleGAN2Generator, target: torch.Tensor, rngs: Sequence[torch.Generator]) -> Params:
-        n, device = len(rngs), G.w_avg.device
-        params: Params = {PIVOT: G.w_avg.expand(n, -1).clone(), PIVOT_STEP: torch.zeros(n, device=device)}
+    def init_params(self, ctx: InversionContext) -> Params:
+        G, rngs, n, device = ctx.G, ctx.rngs, ctx.batch_size, ctx.device
+        params: Params = {PIVOT: G.w_avg.expand(n, -1).clone()}
         if self.settings.pivot_noise:
             # w_projector.py: ``buf[:] = torch.randn_like(buf)`` before optimising the noise.
             params.update((name, randn(rngs, shape[1:], device)) for name, shape in zip(noise_names(G), G.noise_shapes))
         return params
 
-    def begin_stage(self, G: StyleGAN2Generator, params: Params, stage_index: int) -> None:
-        if stage_index != 1:
+    def begin_stage(self, ctx: InversionContext, params: Params) -> None:
+        G = ctx.G
+        if ctx.stage_index != 1:
             return
-        # The projector's noise maps and step counter end with stage 1 (PTI discards them too).
-        for name in (PIVOT_STEP, *noise_names(G)):
+        # The projector's noise maps end with stage 1 (PTI discards them too).
+        for name in noise_names(G):
             params.pop(name, None)
         n, device = params[PIVOT].shape[0], params[PIVOT].device
         for layer, shape in weight_delta_shapes(G).items():
@@ -265,12 +259,14 @@ class PTI(Method):
         return SynthesisInputs(ws=G.broadcast(params[PIVOT]), noise=gather_noise(G, params), const=const,
                                weight_deltas=deltas)
 
-    def inputs(self, G: StyleGAN2Generator, params: Params, rngs: Sequence[torch.Generator]) -> SynthesisInputs:
+    def inputs(self, ctx: InversionContext, params: Params) -> SynthesisInputs:
+        G, rngs = ctx.G, ctx.rngs
         base = self.render_inputs(G, params)
         pivot = params[PIVOT]
-        if PIVOT_STEP in params:  # stage 1: the projector's decaying Gaussian noise on w
+        if ctx.stage_index == 0:  # the projector's decaying Gaussian noise on w
             s = self.settings
-            ramp = (1 - params[PIVOT_STEP] / s.pivot_steps / s.w_noise_ramp).clamp_min(0).square()
+            step = torch.full((pivot.shape[0],), float(ctx.step), device=pivot.device)
+            ramp = (1 - step / s.pivot_steps / s.w_noise_ramp).clamp_min(0).square()
             scale = self._w_std_of(G) * s.w_noise_factor * ramp
             w = pivot + randn(rngs, pivot.shape[1:], pivot.device) * scale[:, None]
             return PTIInputs(ws=G.broadcast(w), noise=base.noise, const=base.const, weight_deltas=base.weight_deltas)
@@ -305,10 +301,10 @@ class PTI(Method):
         return out
 
     # -- losses ---------------------------------------------------------------------------------
-    def regulariser(self, G: StyleGAN2Generator, params: Params, inputs: SynthesisInputs) -> torch.Tensor | None:
-        s = self.settings
+    def regulariser(self, ctx: InversionContext, params: Params, inputs: SynthesisInputs) -> torch.Tensor | None:
+        G, s = ctx.G, self.settings
         noise = gather_noise(G, params)
-        if PIVOT_STEP in params:
+        if ctx.stage_index == 0:
             if noise is None or not s.noise_regularize_weight:
                 return None
             return s.noise_regularize_weight * noise_autocorrelation(noise)
@@ -327,28 +323,30 @@ class PTI(Method):
             if s.locality_lambda_mse:
                 total = total + s.locality_lambda_mse * (tuned - original).square().flatten(1).mean(1)
             if s.locality_lambda_lpips:
-                distance = self._perceptual(tuned)(lpips_input(original), lpips_input(tuned))
+                distance = self._perceptual(ctx, tuned)(lpips_input(original), lpips_input(tuned))
                 total = total + s.locality_lambda_lpips * distance
         return total / len(locality_ws)
 
-    def _perceptual(self, like: torch.Tensor) -> torch.nn.Module:
-        if self.lpips is None:
+    def _perceptual(self, ctx: InversionContext, like: torch.Tensor) -> torch.nn.Module:
+        """The engine's LPIPS, else one loaded once from ``settings.lpips_weights``."""
+        if ctx.lpips is not None:
+            return ctx.lpips.to(like.device)
+        if self._own_lpips is None:
             from ...metrics import LPIPS
             try:
-                self.lpips = LPIPS(weights=self.settings.lpips_weights)
+                self._own_lpips = LPIPS(weights=self.settings.lpips_weights)
             except WeightsNotFoundError:
                 raise WeightsNotFoundError(
                     "pti's locality regulariser needs LPIPS weights: set lpips_weights=PATH (--set) or "
                     "$GANINVERT_LPIPS_WEIGHTS, or locality_lambda_lpips=0") from None
-        return self.lpips.to(like.device)
+        return self._own_lpips.to(like.device)
 
     @torch.no_grad()
-    def project(self, G: StyleGAN2Generator, params: Params, stage_index: int) -> None:
-        if stage_index != 0:
+    def project(self, ctx: InversionContext, params: Params) -> None:
+        if ctx.stage_index != 0:
             return
-        params[PIVOT_STEP] += 1
         # w_projector.py normalises every noise map to zero mean and unit variance after each step.
-        for name in noise_names(G):
+        for name in noise_names(ctx.G):
             if name in params:
                 n = params[name]
                 n -= n.mean((1, 2, 3), keepdim=True)

@@ -71,7 +71,6 @@ Example:
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -87,7 +86,8 @@ from ...models.sam_predictor import (KIND as PREDICTOR_KIND, InvertibilityPredic
                                      predict_label_map, select_spaces)
 from ...models.stylegan2 import StyleGAN2Generator
 from ..losses import lpips_input
-from .base import Method, MethodSettings, ParamGroup, Params, Preset, Stage, SynthesisInputs, register
+from .base import (InversionContext, Method, MethodSettings, ParamGroup, Params, Preset, Stage, SynthesisInputs,
+                   register)
 
 #: Blocks of SAM's F4, F6, F8, F10 (16-128 px); see the module docstring.
 SAM_BLOCKS = (2, 3, 4, 5)
@@ -161,12 +161,8 @@ class SamSettings(MethodSettings):
 
     def validate(self) -> None:
         super().validate()
-        for name in ("lambda_mse", "lambda_lpips", "lambda_mvg", "lambda_delta", "lambda_f", "tau"):
-            value = getattr(self, name)
-            if name == "tau" and value is None:
-                continue
-            if not math.isfinite(value) or value < 0:
-                raise GanInvertError(f"{name} must be a finite number >= 0, got {value}")
+        if self.tau is not None and self.tau < 0:
+            raise GanInvertError(f"tau must be >= 0 or None, got {self.tau}")
         if self.error_steps <= 0:
             raise GanInvertError(f"error_steps must be > 0, got {self.error_steps}")
         if self.error_metric not in ERROR_METRICS:
@@ -270,14 +266,11 @@ class SamOpt(Method):
     }
     default_preset = "sam-official"
 
-    def __init__(self, settings: MethodSettings | None = None, lpips: torch.nn.Module | None = None) -> None:
-        """``lpips``: the LPIPS module of the automatic error map (loaded from
-        ``settings.lpips_weights`` on first use when None)."""
+    def __init__(self, settings: MethodSettings | None = None) -> None:
         super().__init__(settings)
-        self.lpips = lpips
         self._priors: dict[int, LeakyGaussianPrior] = {}
-        self._target: torch.Tensor | None = None
         self._predictors: dict[Path, InvertibilityPredictor] = {}
+        self._own_lpips: torch.nn.Module | None = None  # from settings.lpips_weights when the engine has none
 
     # -- structure --------------------------------------------------------------------------
     def blocks(self, G: StyleGAN2Generator) -> tuple[int, ...]:
@@ -323,23 +316,20 @@ class SamOpt(Method):
                         (ParamGroup(self._probe_names(space), s.lr, s.schedule),)) for space in self.spaces(G)]
         return probes + [main]
 
-    def init_params(self, G: StyleGAN2Generator, target: torch.Tensor, rngs: Sequence[torch.Generator]) -> Params:
-        s, n = self.settings, len(rngs)
+    def init_params(self, ctx: InversionContext) -> Params:
+        G, s, n = ctx.G, self.settings, ctx.batch_size
         blocks = self.blocks(G)
         if s.mask_path is not None:
             labels = load_label_map(s.mask_path, n, len(blocks) + 1).to(G.w_avg.device)
             return self._main_params(G, G.w_avg.expand(n, G.num_ws, -1).clone(), labels)
-        expected = (n, 3, G.resolution, G.resolution)
-        if tuple(target.shape) != expected:
-            raise GanInvertError(f"sam-opt's automatic invertibility map needs the target image {expected}, got "
-                                 f"{tuple(target.shape)}; pass a label map as mask_path")
+        if ctx.image is None:
+            raise GanInvertError("sam-opt's automatic invertibility map needs the image itself, not a measurement "
+                                 "through a forward operator; pass a label map as mask_path")
         predictor_file = self.predictor_file(G)
         if predictor_file is not None:
-            return self._predicted_params(G, target, predictor_file)
+            return self._predicted_params(G, ctx.image, predictor_file)
         if s.regions > G.resolution:
             raise GanInvertError(f"regions ({s.regions}) must not exceed the resolution ({G.resolution})")
-        # The error maps are measured in begin_stage, which does not see the target.
-        self._target = target.detach()
         return self._probe_params(G, WPLUS, n)
 
     def _predicted_params(self, G: StyleGAN2Generator, target: torch.Tensor, path: Path) -> Params:
@@ -378,12 +368,13 @@ class SamOpt(Method):
         return params
 
     @torch.no_grad()
-    def begin_stage(self, G: StyleGAN2Generator, params: Params, stage_index: int) -> None:
+    def begin_stage(self, ctx: InversionContext, params: Params) -> None:
+        G, stage_index = ctx.G, ctx.stage_index
         if stage_index == 0 or not self._measures_map(G):
             return
         spaces = self.spaces(G)
         finished = spaces[stage_index - 1]
-        params[_error(finished)] = self._error_map(G, params)
+        params[_error(finished)] = self._error_map(ctx, params, finished)
         if finished != WPLUS:  # the W+ probe's latent initialises the main stage
             for name in self._probe_names(finished):
                 del params[name]
@@ -393,48 +384,66 @@ class SamOpt(Method):
         labels = select_spaces([params[_error(space)] for space in spaces], self._tau())
         params.update(self._main_params(G, params.pop(_probe_latent(WPLUS)), labels))
 
-    def _error_map(self, G: StyleGAN2Generator, params: Params) -> torch.Tensor:
-        """Error map of the active probe against the target, averaged over the region grid (N, 1, R, R)."""
-        if self._target is None:
-            raise RuntimeError("init_params must run before the invertibility stages")
-        rec = self.render_inputs(G, params).render(G)
-        target = self._target.to(rec.device)
+    def _error_map(self, ctx: InversionContext, params: Params, space: str) -> torch.Tensor:
+        """Error map of ``space``'s probe against the image, averaged over the region grid (N, 1, R, R)."""
+        rec = self._probe_inputs(params, space).render(ctx.G)
+        target = ctx.require_image(self.name).to(rec.device)
         if self.settings.error_metric == "lpips":
-            if self.lpips is None:
-                from ...metrics import LPIPS
-                try:
-                    self.lpips = LPIPS(weights=self.settings.lpips_weights)
-                except WeightsNotFoundError:
-                    raise WeightsNotFoundError(
-                        "sam-opt's automatic invertibility map needs LPIPS weights: set lpips_weights=PATH (--set) "
-                        "or $GANINVERT_LPIPS_WEIGHTS, or error_metric=mse, or give mask_path") from None
-            error = self.lpips.to(rec.device)(lpips_input(rec), lpips_input(target), spatial=True)
+            error = self._perceptual(ctx)(lpips_input(rec), lpips_input(target), spatial=True)
         else:
             error = (rec - target).square().mean(1, keepdim=True)
         regions = self.settings.regions
         return F.adaptive_avg_pool2d(error, (regions, regions))
 
-    # -- rendering ----------------------------------------------------------------------------
-    def _active(self, params: Params) -> tuple[torch.Tensor, dict[int, torch.Tensor], dict[int, torch.Tensor] | None]:
-        """(w+, residuals by block, masks by block or None) of the stage that is running."""
-        if LATENT in params:
-            blocks = sorted(int(k.split(".")[1]) for k in params if k.startswith("residual."))
-            return params[LATENT], {b: params[_residual(b)] for b in blocks}, {b: params[_mask(b)] for b in blocks}
-        for key in params:
-            if key.startswith("probe.") and key.endswith(".residual"):
-                b = int(key.split(".")[1])
-                return params[_probe_latent(str(b))], {b: params[key]}, None
-        return params[_probe_latent(WPLUS)], {}, None
+    def _perceptual(self, ctx: InversionContext) -> torch.nn.Module:
+        """The engine's LPIPS, else one loaded once from ``settings.lpips_weights``."""
+        if ctx.lpips is not None:
+            return ctx.lpips.to(ctx.device)
+        if self._own_lpips is None:
+            from ...metrics import LPIPS
+            try:
+                self._own_lpips = LPIPS(weights=self.settings.lpips_weights)
+            except WeightsNotFoundError:
+                raise WeightsNotFoundError(
+                    "sam-opt's automatic invertibility map needs LPIPS weights: set lpips_weights=PATH (--set) "
+                    "or $GANINVERT_LPIPS_WEIGHTS, or error_metric=mse, or give mask_path") from None
+        return self._own_lpips.to(ctx.device)
 
-    def render_inputs(self, G: StyleGAN2Generator, params: Params) -> SynthesisInputs:
-        latent, residuals, masks = self._active(params)
-        if masks is not None:
-            residuals = {b: masks[b] * r for b, r in residuals.items()}
+    # -- rendering ----------------------------------------------------------------------------
+    def _stage_space(self, ctx: InversionContext) -> str | None:
+        """The space whose probe the running stage optimises (None: the main stage)."""
+        G = ctx.G
+        if not self._measures_map(G) or ctx.stage_index >= len(self.spaces(G)):
+            return None
+        return self.spaces(G)[ctx.stage_index]
+
+    def _probe_parts(self, params: Params, space: str) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
+        """(w+, residuals by block) of ``space``'s invertibility probe."""
+        residuals = {} if space == WPLUS else {int(space): params[_probe_residual(int(space))]}
+        return params[_probe_latent(space)], residuals
+
+    def _main_parts(self, params: Params) -> tuple[torch.Tensor, dict[int, torch.Tensor], dict[int, torch.Tensor]]:
+        """(w+, residuals by block, masks by block) of the main stage (and of a finished result)."""
+        blocks = sorted(int(k.split(".")[1]) for k in params if k.startswith("residual."))
+        return params[LATENT], {b: params[_residual(b)] for b in blocks}, {b: params[_mask(b)] for b in blocks}
+
+    def _probe_inputs(self, params: Params, space: str) -> SynthesisInputs:
+        latent, residuals = self._probe_parts(params, space)
         return SynthesisInputs(ws=latent, feature_residuals=residuals or None)
 
-    def regulariser(self, G: StyleGAN2Generator, params: Params, inputs: SynthesisInputs) -> torch.Tensor | None:
-        s = self.settings
-        latent, residuals, _ = self._active(params)
+    def inputs(self, ctx: InversionContext, params: Params) -> SynthesisInputs:
+        space = self._stage_space(ctx)
+        return self.render_inputs(ctx.G, params) if space is None else self._probe_inputs(params, space)
+
+    def render_inputs(self, G: StyleGAN2Generator, params: Params) -> SynthesisInputs:
+        latent, residuals, masks = self._main_parts(params)
+        residuals = {b: masks[b] * r for b, r in residuals.items()}
+        return SynthesisInputs(ws=latent, feature_residuals=residuals or None)
+
+    def regulariser(self, ctx: InversionContext, params: Params, inputs: SynthesisInputs) -> torch.Tensor | None:
+        G, s = ctx.G, self.settings
+        space = self._stage_space(ctx)
+        latent, residuals = self._probe_parts(params, space) if space is not None else self._main_parts(params)[:2]
         total = latent.new_zeros(latent.shape[0])
         if s.lambda_mvg:
             total = total + s.lambda_mvg * self._prior(G)(latent)
@@ -458,31 +467,17 @@ class SamOpt(Method):
         """SAM's ``edit_image``: move w+, then at each feature block keep the unedited features inside
         the block's mask (``x * (1 - m) + f * m``), expressed as feature residuals."""
         edited = super().edit_inputs(G, params, direction, alpha, layers)
-        _, residuals, masks = self._active(params)
-        if masks is None or not residuals:
+        _, residuals, masks = self._main_parts(params)
+        if not residuals:
             return edited
         original = self.render_inputs(G, params)
         blocks = sorted(residuals)
-        kept = _torgb_inputs(G, original.ws, original.feature_residuals, blocks)
+        # The features entering each block's ToRGB, after that block's residual.
+        kept = {b: G.block_features(original.ws, b, feature_residuals=original.feature_residuals).features
+                for b in blocks}
         replaced: dict[int, torch.Tensor] = {}
         for b in blocks:
-            moved = _torgb_inputs(G, edited.ws, replaced, [b])[b]
+            moved = G.block_features(edited.ws, b, feature_residuals=replaced).features
             replaced[b] = masks[b] * (kept[b] - moved)
         edited.feature_residuals = replaced
         return edited
-
-
-def _torgb_inputs(G: StyleGAN2Generator, ws: torch.Tensor, residuals: dict[int, torch.Tensor] | None,
-                  blocks: Sequence[int]) -> dict[int, torch.Tensor]:
-    """The features entering the ToRGB of each of ``blocks`` (after that block's residual)."""
-    seen: dict[int, torch.Tensor] = {}
-    handles = []
-    for b in blocks:
-        layer = G.to_rgb1 if b == 0 else G.to_rgbs[b - 1]
-        handles.append(layer.register_forward_hook(lambda module, args, out, b=b: seen.setdefault(b, args[0])))
-    try:
-        G.synthesis(ws, feature_residuals=residuals, output_block=max(blocks))
-    finally:
-        for handle in handles:
-            handle.remove()
-    return seen

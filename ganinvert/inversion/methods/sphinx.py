@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 
@@ -33,8 +32,8 @@ from ...errors import GanInvertError
 from ...models.ops import fused_leaky_relu
 from ...models.stylegan2 import StyleGAN2Generator
 from ..schedules import get_schedule
-from .base import (Method, MethodSettings, ParamGroup, Params, Preset, Stage, SynthesisInputs, gather_noise,
-                   noise_names, randn, register)
+from .base import (InversionContext, Method, MethodSettings, ParamGroup, Params, Preset, Stage, SynthesisInputs,
+                   gather_noise, noise_names, rand, randn, register)
 
 
 @dataclass
@@ -70,8 +69,15 @@ class SphinxSettings(MethodSettings):
         get_schedule(self.schedule)  # raises GanInvertError naming the known schedules
         if self.activation not in ("first", "all"):
             raise GanInvertError(f"activation must be 'first' or 'all', got {self.activation!r}")
-        if self.decoder_widths[-1] != "D" or self.content_widths[-1] != "C":
+        if self.decoder_widths[-1:] != ("D",) or self.content_widths[-1:] != ("C",):
             raise GanInvertError("the last decoder width must be 'D' and the last content width 'C'")
+        for spec in (*self.encoder_widths, *self.decoder_widths, *self.content_widths, self.content_input):
+            try:
+                ok = _width(spec, 1, 1) >= 1
+            except (ValueError, ZeroDivisionError):
+                ok = False
+            if not ok:
+                raise GanInvertError(f"widths must be integers >= 1, 'D', 'C', 'D/k' or 'C/k', got {spec!r}")
 
 
 def _width(spec: str | int, style_dim: int, const_channels: int) -> int:
@@ -133,14 +139,14 @@ class Sphinx(Method):
             groups.append(ParamGroup(noise_names(G), s.noise_lr))
         return [Stage("main", s.steps, tuple(groups))]
 
-    def init_params(self, G: StyleGAN2Generator, target: torch.Tensor, rngs: Sequence[torch.Generator]) -> Params:
-        device = G.w_avg.device
+    def init_params(self, ctx: InversionContext) -> Params:
+        G, rngs, device = ctx.G, ctx.rngs, ctx.device
         enc, dec, con = self._dims(G)
         params: Params = {}
 
         def uniform(shape: tuple[int, ...], fan_in: int) -> torch.Tensor:
             # torch.nn.Linear's default initialisation, drawn from the per-image generators.
-            return (randn_uniform(rngs, shape, device) * 2 - 1) / math.sqrt(fan_in)
+            return (rand(rngs, shape, device) * 2 - 1) / math.sqrt(fan_in)
 
         for i in range(len(enc) - 1):
             params[f"ps.enc.{i}.weight"] = uniform((enc[i + 1], enc[i]), enc[i])
@@ -199,16 +205,13 @@ class Sphinx(Method):
         const = self.content_head(params, content_z) if content_z is not None else None
         return SynthesisInputs(ws=self.style_head(params, z), noise=gather_noise(G, params), const=const)
 
-    def inputs(self, G: StyleGAN2Generator, params: Params, rngs: Sequence[torch.Generator]) -> SynthesisInputs:
+    def inputs(self, ctx: InversionContext, params: Params) -> SynthesisInputs:
         device = params["render_z"].device
-        z = randn(rngs, params["render_z"].shape[1:], device)
-        content_z = randn(rngs, params["render_content_z"].shape[1:], device) if "render_content_z" in params else None
-        return self._inputs(G, params, z, content_z)
+        z = randn(ctx.rngs, params["render_z"].shape[1:], device)
+        content_z = (randn(ctx.rngs, params["render_content_z"].shape[1:], device) if "render_content_z" in params
+                     else None)
+        return self._inputs(ctx.G, params, z, content_z)
 
     def render_inputs(self, G: StyleGAN2Generator, params: Params) -> SynthesisInputs:
         return self._inputs(G, params, params["render_z"], params.get("render_content_z"))
 
-
-def randn_uniform(rngs: Sequence[torch.Generator], shape: Sequence[int], device: torch.device | str) -> torch.Tensor:
-    """U(0, 1) draws, one per image from its own generator."""
-    return torch.stack([torch.rand(tuple(shape), generator=g) for g in rngs]).to(device)

@@ -128,7 +128,7 @@ def true_error_maps(G: StyleGAN2Generator, images: torch.Tensor, error_steps: in
     settings = {"error_steps": error_steps, "steps": 1, "regions": G.resolution, "error_metric": error_metric,
                 "predictor_path": None, "mask_path": None,
                 "lambda_lpips": 1.0 if error_metric == "lpips" else 0.0}
-    method = SamOpt(SamOpt.Settings().replace(**settings), lpips=lpips)
+    method = SamOpt(SamOpt.Settings().replace(**settings))
     result = invert(G, images, method, seed=seeds, lpips=lpips, progress=False)
     return torch.cat([result.params[f"error.{space}"] for space in method.spaces(G)], 1)
 
