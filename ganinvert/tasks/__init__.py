@@ -1,37 +1,48 @@
-"""Restoration tasks: forward operators (measurement models) and inpainting masks."""
+"""Restoration tasks: forward operators (measurement models), their registry and inpainting masks."""
 
-from .masks import RandomStream, box_mask, load_mask, random_mask, seeded_generator
+from ..rng import RandomStream, seeded_generator
+from .masks import box_mask, load_mask, random_mask
 from .operators import (
-    TASKS,
+    OPERATORS,
     CompressedSensing,
     Compose,
     Denoising,
     Downsampling,
     ForwardOperator,
+    GaussianNoise,
     Identity,
     Inpainting,
     LinearOperator,
     Operator,
+    OperatorOptions,
     as_operator,
     make_operator,
+    operator_class,
+    operator_names,
+    register_operator,
 )
 
 __all__ = [
-    "TASKS",
+    "OPERATORS",
     "CompressedSensing",
     "Compose",
     "Denoising",
     "Downsampling",
     "ForwardOperator",
+    "GaussianNoise",
     "Identity",
     "Inpainting",
     "LinearOperator",
     "Operator",
+    "OperatorOptions",
     "RandomStream",
     "as_operator",
     "box_mask",
     "load_mask",
     "make_operator",
+    "operator_class",
+    "operator_names",
     "random_mask",
+    "register_operator",
     "seeded_generator",
 ]

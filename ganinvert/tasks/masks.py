@@ -2,19 +2,14 @@
 
 Every mask is a float tensor of shape ``(1, 1, H, W)`` holding 0 and 1, where **1 marks an
 observed pixel** and 0 a missing one (the convention of :class:`~ganinvert.tasks.Inpainting`).
-
-This module also owns :func:`seeded_generator`, the single source of randomness of
-``ganinvert.tasks``: every random draw (masks, compressed-sensing matrices, measurement noise)
-comes from a generator derived from the user's seed and a named stream, so that, for instance,
-the noise of a compressed-sensing measurement is independent of its random matrix even though
-both come from the same ``--seed``.
+Random masks are drawn from their own streams of the user's seed
+(:func:`ganinvert.rng.seeded_generator`).
 """
 
 from __future__ import annotations
 
 import math
 import os
-from enum import IntEnum
 from pathlib import Path
 from typing import Sequence
 
@@ -23,42 +18,10 @@ import torch
 from PIL import Image, ImageOps
 
 from ..errors import GanInvertError, ImageError
+from ..rng import RandomStream, seeded_generator
 
 #: Threshold on the [0, 1]-normalised pixel value: at or above it a mask pixel is observed.
 MASK_THRESHOLD = 0.5
-
-
-class RandomStream(IntEnum):
-    """Independent random streams derived from one user seed (see :func:`seeded_generator`)."""
-
-    MEASUREMENT_NOISE = 0
-    COMPRESSED_SENSING = 1
-    BOX_MASK = 2
-    RANDOM_MASK = 3
-
-
-def check_seed(seed: int) -> int:
-    """Return ``seed`` if it is a non-negative integer, else raise :class:`GanInvertError`."""
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise GanInvertError(f"seed must be a non-negative integer, got {seed!r}")
-    return int(seed)
-
-
-def seeded_generator(seed: int, stream: RandomStream) -> torch.Generator:
-    """A CPU ``torch.Generator`` for one ``stream`` of the user's ``seed``.
-
-    The generator's seed is derived with numpy's ``SeedSequence`` (``seed`` as entropy, the
-    stream as spawn key), which gives statistically independent streams for the same ``seed``.
-    Draws are made on the CPU so that a seed yields the same numbers on every device.
-
-    >>> a = torch.rand(2, generator=seeded_generator(0, RandomStream.BOX_MASK))
-    >>> b = torch.rand(2, generator=seeded_generator(0, RandomStream.BOX_MASK))
-    >>> bool(torch.equal(a, b))
-    True
-    """
-    sequence = np.random.SeedSequence(entropy=check_seed(seed), spawn_key=(int(stream),))
-    derived = int(sequence.generate_state(1, dtype=np.uint64)[0]) >> 1  # fits torch's int64 seed
-    return torch.Generator(device="cpu").manual_seed(derived)
 
 
 def size_hw(size: int | Sequence[int]) -> tuple[int, int]:

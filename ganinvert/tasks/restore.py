@@ -33,7 +33,7 @@ from ..inversion.report import image_metrics, plot_curves
 from ..inversion.result import InversionResult
 from ..io import atomic_write_json, image_strip, load_image, save_image, save_pil
 from ..models.stylegan2 import StyleGAN2Generator
-from .operators import CompressedSensing, Downsampling, ForwardOperator, Inpainting, as_operator
+from .operators import as_operator
 
 MEASUREMENT_UPSAMPLING = "bicubic"
 
@@ -136,22 +136,16 @@ def restoration_metrics(out: Restoration, lpips: torch.nn.Module | None = None) 
     return rows
 
 
-def load_measurement(path: str | Path, operator: ForwardOperator, resolution: int, fit: str = "crop") -> torch.Tensor:
-    """Read a measured image as y for an image-shaped task (denoise, inpaint, sr).
+def load_measurement(path: str | Path, operator: Any, resolution: int, fit: str = "crop") -> torch.Tensor:
+    """Read a measured image as y for an operator whose measurements are images.
 
-    Denoising: the noisy image. Inpainting: the image with holes; the mask is applied again, so
-    whatever the holes hold is ignored. Super-resolution: the low-resolution image, brought to
-    ``resolution / factor`` px with the resize policy ``fit``.
+    The image is brought to the operator's ``measurement_size(resolution)`` px with the resize
+    policy ``fit`` (``resolution / factor`` for super-resolution) and turned into y by its
+    ``measurement_from_image`` (inpainting applies the mask again, so whatever the holes hold is
+    ignored). Operators whose measurements are not images (compressed sensing) are an error.
     """
-    if isinstance(operator, CompressedSensing):
-        raise GanInvertError("compressed-sensing measurements are not images; --measured works for "
-                             "denoise, inpaint and sr")
-    if isinstance(operator, Downsampling):
-        if resolution % operator.factor:
-            raise GanInvertError(f"--factor {operator.factor} does not divide the generator's {resolution} px")
-        return load_image(path, resolution // operator.factor, fit)
-    image = load_image(path, resolution, fit)
-    return operator.A(image) if isinstance(operator, Inpainting) else image
+    op = as_operator(operator)
+    return op.measurement_from_image(load_image(path, op.measurement_size(resolution), fit))
 
 
 def write_restoration_outputs(out_dir: Path, out: Restoration, lpips: torch.nn.Module | None,

@@ -13,7 +13,7 @@ from task_fixtures import FAST, random_generator, sample
 from ganinvert.errors import GanInvertError
 from ganinvert.io import save_image
 from ganinvert.metrics import psnr
-from ganinvert.tasks import Inpainting, box_mask, make_operator
+from ganinvert.tasks import Compose, Downsampling, Inpainting, box_mask, make_operator
 from ganinvert.tasks.restore import (MEASUREMENT_UPSAMPLING, load_measurement, restoration_metrics, restore,
                                      write_restoration_outputs)
 
@@ -92,6 +92,20 @@ def test_load_measurement(tmp_path: Path, G, clean) -> None:
     assert low.shape == (1, 3, G.resolution // 2, G.resolution // 2)
     with pytest.raises(GanInvertError, match="not images"):
         load_measurement(tmp_path / "x.png", make_operator("cs", fraction=0.5, image_size=G.resolution), G.resolution)
+
+
+def test_load_measurement_asks_the_operator_for_size_and_contents(tmp_path: Path, G, clean) -> None:
+    # No operator-type chain: a composed operator's measured file is read at its measurement size
+    # (the resolution / 2 of the downsampling) and masked by its last operator.
+    save_image(clean, tmp_path / "x.png")
+    half = G.resolution // 2
+    mask = box_mask(half, 0.25, seed=3)
+    op = Compose(Downsampling(2), Inpainting(mask))
+    y = load_measurement(tmp_path / "x.png", op, G.resolution)
+    assert y.shape == (1, 3, half, half) and torch.equal(y, op.ops[-1].A(y))
+    assert bool((y[..., mask[0, 0] == 0] == 0).all()) and bool((y[..., mask[0, 0] == 1] != 0).any())
+    with pytest.raises(GanInvertError, match="--factor 3 does not divide"):
+        load_measurement(tmp_path / "x.png", Downsampling(3), G.resolution)
 
 
 def test_write_restoration_outputs(tmp_path: Path, denoised) -> None:
