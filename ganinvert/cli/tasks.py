@@ -9,6 +9,7 @@ import torch
 
 from ..errors import GanInvertError
 from ..inversion.methods.discover import ATTRIBUTES
+from ..tasks.operators import make_operator, operator_class, operator_help, operator_names
 from .common import (device_images_generator, device_option, fit_option, generator_option, load_lpips,
                      lpips_options, method_options, method_settings, optional_lpips, out_dir_option, pick_device,
                      unique_stems)
@@ -21,8 +22,7 @@ def _per_image_dirs(out: Path, n: int) -> list[Path]:
 # ------------------------------------------------------------------------- restore
 @click.command("restore")
 @click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("--task", required=True, type=click.Choice(["denoise", "cs", "inpaint", "sr"]),
-              help="denoise: Gaussian noise; cs: compressed sensing; inpaint: masked pixels; sr: super-resolution.")
+@click.option("--task", required=True, type=click.Choice(operator_names()), help=operator_help())
 @click.option("--sigma", type=float, default=None,
               help="Noise std on the [-1, 1] scale (required for denoise; optional noise for cs/inpaint/sr).")
 @click.option("--fraction", type=float, default=None, help="cs: kept fraction of measurements, in (0, 1].")
@@ -50,21 +50,17 @@ def restore_command(images: tuple[Path, ...], task: str, sigma: float | None, fr
     the result file."""
     from ..inversion import make_method
     from ..io import load_image
-    from ..tasks.operators import make_operator
     from ..tasks.restore import load_measurement, restore, write_restoration_outputs
 
     settings = method_settings(overrides, steps, no_lpips)
     if batch_size <= 0:
         raise GanInvertError(f"--batch-size must be > 0, got {batch_size}")
-    if measured and task == "cs":
-        raise GanInvertError("compressed-sensing measurements are not images; --measured works for "
-                             "denoise, inpaint and sr")
+    operator_class(task, measured=measured)  # before loading anything heavy
     make_method(method, preset, settings)  # validate before loading anything heavy
     dev, paths, G = device_images_generator(device, images, generator)
     # The noise level does not enter the inversion (A is the identity), so measured denoising needs no --sigma.
-    op_sigma = 0.0 if (measured and task == "denoise" and sigma is None) else sigma
-    op = make_operator(task, image_size=G.resolution, sigma=op_sigma, fraction=fraction, mask=mask,
-                       factor=factor, seed=seed, resize_mask=resize_mask).to(dev)
+    op = make_operator(task, image_size=G.resolution, sigma=sigma, fraction=fraction, mask=mask,
+                       factor=factor, seed=seed, resize_mask=resize_mask, measured=measured).to(dev)
     lpips = load_lpips(lpips_weights, no_lpips, dev)
     stems = unique_stems(paths)
     if measured:

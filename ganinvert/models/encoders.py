@@ -18,6 +18,7 @@ Example:
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -113,6 +114,20 @@ def generator_sha256(G: StyleGAN2Generator) -> str | None:
     """The sha256 of the file ``G`` was loaded from (None for a generator built in memory)."""
     source = getattr(G, "source", None)
     return getattr(source, "sha256", None)
+
+
+def generator_identity(G: StyleGAN2Generator) -> str:
+    """:func:`generator_sha256` when G was loaded from a file, else a sha256 of its config and weights
+    (what caches keyed by generator use, so an in-memory generator gets one too)."""
+    sha = generator_sha256(G)
+    if sha:
+        return sha
+    digest = hashlib.sha256(repr(G.config()).encode())
+    for name, tensor in sorted(G.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
+    digest.update(G.w_avg.detach().float().cpu().numpy().tobytes())
+    return digest.hexdigest()
 
 
 def save_network(module: torch.nn.Module, path: str | Path, *, kind: str, config: dict[str, Any],

@@ -28,7 +28,6 @@ Example::
 
 from __future__ import annotations
 
-import hashlib
 import math
 import os
 import re
@@ -39,9 +38,12 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from ..checks import check_finite
 from ..errors import GanInvertError
 from ..inversion.result import InversionResult
 from ..io import atomic_torch_save, image_strip, save_image, save_pil, tensor_to_pil
+from ..models.encoders import generator_identity
+from ..models.mapping_statistics import mapped_latents
 from ..models.stylegan2 import StyleGAN2Generator
 
 #: Mapping samples behind the PCA directions (GANSpace §2 uses "N random vectors"; 10 000 keeps the
@@ -57,19 +59,6 @@ def cache_dir() -> Path:
     """``$GANINVERT_CACHE`` if set, else ``~/.cache/ganinvert``."""
     configured = os.environ.get(CACHE_ENV_VAR)
     return Path(configured).expanduser() if configured else Path.home() / ".cache" / "ganinvert"
-
-
-def generator_sha256(G: StyleGAN2Generator) -> str:
-    """The checkpoint's sha256 when G was loaded from a file, else a hash of its weights and config."""
-    source = getattr(G, "source", None)
-    if getattr(source, "sha256", None):
-        return source.sha256
-    digest = hashlib.sha256(repr(G.config()).encode())
-    for name, tensor in sorted(G.state_dict().items()):
-        digest.update(name.encode())
-        digest.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
-    digest.update(G.w_avg.detach().float().cpu().numpy().tobytes())
-    return digest.hexdigest()
 
 
 # ----------------------------------------------------------------------------- PCA directions
@@ -117,13 +106,7 @@ def compute_pca_directions(G: StyleGAN2Generator, samples: int = PCA_SAMPLES, se
     """PCA of ``samples`` mapped w (z from a ``torch.Generator`` seeded with ``seed``), uncached."""
     if samples <= G.style_dim:
         raise GanInvertError(f"PCA needs more samples than style_dim ({G.style_dim}), got {samples}")
-    g = torch.Generator().manual_seed(seed)
-    device = G.w_avg.device
-    ws = []
-    for start in range(0, samples, chunk):
-        z = torch.randn(min(chunk, samples - start), G.style_dim, generator=g)
-        ws.append(G.mapping(z.to(device)).double().cpu())
-    w = torch.cat(ws)
+    w = mapped_latents(G, samples, seed, chunk).double().cpu()
     mean = w.mean(0)
     cov = torch.cov((w - mean).T)
     variance, vectors = torch.linalg.eigh(cov)  # ascending
@@ -131,13 +114,13 @@ def compute_pca_directions(G: StyleGAN2Generator, samples: int = PCA_SAMPLES, se
     # eigh's sign is arbitrary; fix it so that the same generator gives the same directions everywhere.
     pivot = vectors.abs().argmax(1)
     vectors = vectors * vectors.gather(1, pivot[:, None]).sign()
-    return PCADirections(vectors.float(), variance.float(), mean.float(), generator_sha256(G), samples, seed)
+    return PCADirections(vectors.float(), variance.float(), mean.float(), generator_identity(G), samples, seed)
 
 
 def pca_directions(G: StyleGAN2Generator, samples: int = PCA_SAMPLES, seed: int = PCA_SEED,
                    use_cache: bool = True) -> PCADirections:
     """All ``style_dim`` principal directions of G's w, cached per generator hash (see module docstring)."""
-    sha = generator_sha256(G)
+    sha = generator_identity(G)
     path = cache_dir() / "directions" / f"pca_{sha[:24]}_n{samples}_s{seed}.pt"
     if use_cache and path.is_file():
         try:
@@ -172,8 +155,7 @@ def as_layer_direction(G: StyleGAN2Generator, direction: torch.Tensor | np.ndarr
                              f"{G.num_ws} ws) needs {accepted}")
     if d.shape[0] not in (1, G.num_ws):
         raise GanInvertError(f"{what} has {d.shape[0]} rows; expected {accepted}")
-    if not torch.isfinite(d).all():
-        raise GanInvertError(f"{what} contains NaN or infinite values")
+    check_finite(d, what)
     if not d.abs().sum():
         raise GanInvertError(f"{what} is all zeros")
     return d.expand(G.num_ws, -1).clone().to(G.w_avg.device)
@@ -221,15 +203,18 @@ def load_direction(G: StyleGAN2Generator, path: str | Path, index: int | None = 
     if not path.is_file():
         raise GanInvertError(f"direction file not found: {path}")
     values, variance, collection, sha = _read_direction_file(path)
-    if sha is not None and sha != generator_sha256(G):
+    if sha is not None and sha != generator_identity(G):
         raise GanInvertError(f"directions in {path} were computed for generator {sha[:12]}…, "
-                             f"not this one ({generator_sha256(G)[:12]}…)")
+                             f"not this one ({generator_identity(G)[:12]}…)")
     values = torch.as_tensor(values) if isinstance(values, np.ndarray) else values
     if not torch.is_tensor(values):
         raise GanInvertError(f"{path} does not hold a direction array")
     if collection:
-        if values.ndim != 2:
-            raise GanInvertError(f"'directions' in {path} must be (K, style_dim), got {tuple(values.shape)}")
+        if values.ndim != 2 or values.shape[1] != G.style_dim:
+            raise GanInvertError(f"'directions' in {path} must be (K, {G.style_dim}) for this generator "
+                                 f"(style_dim {G.style_dim}), got {tuple(values.shape)}")
+        if not values.is_floating_point():
+            raise GanInvertError(f"'directions' in {path} must hold floating-point values, got {values.dtype}")
         if index is None:
             if values.shape[0] != 1:
                 raise GanInvertError(f"{path} holds {values.shape[0]} directions; pick one with {path}:INDEX")
@@ -238,11 +223,24 @@ def load_direction(G: StyleGAN2Generator, path: str | Path, index: int | None = 
             raise GanInvertError(f"direction index {index} is out of range 0..{values.shape[0] - 1} for {path}")
         row = values[index].float()
         if variance is not None:
-            row = row * float(torch.as_tensor(variance)[index]) ** 0.5
+            row = row * _checked_variance(variance, values.shape[0], path)[index].sqrt()
         return as_layer_direction(G, row, f"direction {index} of {path}")
     if index is not None:
         raise GanInvertError(f"{path} holds a single direction; drop ':{index}'")
     return as_layer_direction(G, values, f"direction in {path}")
+
+
+def _checked_variance(variance: Any, rows: int, path: Path) -> torch.Tensor:
+    """A file's ``explained_variance``: (K,) finite, non-negative floats, one per direction."""
+    if isinstance(variance, np.ndarray) and variance.dtype.kind == "f":
+        variance = torch.from_numpy(variance)
+    if not torch.is_tensor(variance) or not variance.is_floating_point() or tuple(variance.shape) != (rows,):
+        got = tuple(variance.shape) if torch.is_tensor(variance) else type(variance).__name__
+        raise GanInvertError(f"'explained_variance' in {path} must be {rows} floats, one per direction, got {got}")
+    check_finite(variance, f"'explained_variance' in {path}")
+    if (variance < 0).any():
+        raise GanInvertError(f"'explained_variance' in {path} has negative entries")
+    return variance.float()
 
 
 def resolve_direction(G: StyleGAN2Generator, spec: str | Path | torch.Tensor) -> torch.Tensor:
@@ -289,10 +287,10 @@ def parse_layers(text: str | None, num_ws: int) -> list[int] | None:
         lo, hi = int(match.group(1)), int(match.group(2) if match.group(2) is not None else match.group(1))
         if lo > hi:
             raise GanInvertError(f"--layers range {lo}-{hi} is empty")
+        if hi >= num_ws:  # before expanding: "0-3000000000" would fill the memory first
+            raise GanInvertError(f"--layers {part.strip()} out of range: this generator has ws indices "
+                                 f"0..{num_ws - 1}")
         layers.update(range(lo, hi + 1))
-    bad = sorted(i for i in layers if i >= num_ws)
-    if bad:
-        raise GanInvertError(f"--layers {bad} out of range: this generator has ws indices 0..{num_ws - 1}")
     return sorted(layers)
 
 
@@ -327,7 +325,7 @@ def edit(G: StyleGAN2Generator, result: InversionResult, direction: torch.Tensor
     method = result.method_instance()
     params = {k: v.to(G.w_avg.device) for k, v in result.params.items()}
     frames = [method.edit_inputs(G, params, direction, alpha, layers).render(G) for alpha in strengths]
-    return torch.stack(frames)
+    return check_finite(torch.stack(frames), f"the edit of this {result.method} result")
 
 
 @torch.no_grad()

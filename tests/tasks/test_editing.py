@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -11,8 +14,9 @@ from task_fixtures import FAST, LPIPS_WEIGHTS, random_generator, sample, saved_g
 
 from ganinvert.errors import GanInvertError
 from ganinvert.inversion import invert
+from ganinvert.models.encoders import generator_identity
 from ganinvert.tasks.editing import (as_layer_direction, compute_pca_directions, edit, edit_distances,
-                                     generator_sha256, load_direction, parse_layers, parse_strengths,
+                                     load_direction, parse_layers, parse_strengths,
                                      pca_directions, resolve_direction, write_frames)
 
 SAMPLES = 2000
@@ -53,7 +57,7 @@ def test_pca_directions_are_orthonormal_and_ordered(G) -> None:
 def test_pca_cache_is_written_reused_and_repaired(G, cache: Path) -> None:
     first = pca_directions(G, samples=SAMPLES)
     files = list((cache / "directions").glob("pca_*.pt"))
-    assert len(files) == 1 and generator_sha256(G)[:24] in files[0].name
+    assert len(files) == 1 and generator_identity(G)[:24] in files[0].name
     stamp = files[0].stat().st_mtime_ns
     assert torch.equal(pca_directions(G, samples=SAMPLES).directions, first.directions)
     assert files[0].stat().st_mtime_ns == stamp  # read, not rewritten
@@ -62,10 +66,10 @@ def test_pca_cache_is_written_reused_and_repaired(G, cache: Path) -> None:
 
 
 def test_generator_hash(tmp_path: Path) -> None:
-    assert generator_sha256(random_generator(0)) == generator_sha256(random_generator(0))
-    assert generator_sha256(random_generator(0)) != generator_sha256(random_generator(1))
+    assert generator_identity(random_generator(0)) == generator_identity(random_generator(0))
+    assert generator_identity(random_generator(0)) != generator_identity(random_generator(1))
     loaded = saved_generator(tmp_path / "g.pt")
-    assert generator_sha256(loaded) == loaded.source.sha256
+    assert generator_identity(loaded) == loaded.source.sha256
 
 
 @pytest.mark.parametrize("rows", [None, 1, "num_ws"])
@@ -103,6 +107,24 @@ def test_bad_directions_give_one_line_errors(tmp_path: Path, G) -> None:
         as_layer_direction(G, torch.full((G.style_dim,), float("nan")))
 
 
+@pytest.mark.parametrize("entries,fragment", [
+    (lambda D: {"explained_variance": torch.ones(2)}, "must be 4 floats, one per direction, got (2,)"),
+    (lambda D: {"explained_variance": "abc"}, "must be 4 floats, one per direction, got str"),
+    (lambda D: {"explained_variance": torch.ones(4, 2)}, "got (4, 2)"),
+    (lambda D: {"explained_variance": -torch.ones(4)}, "negative entries"),
+    (lambda D: {"explained_variance": torch.full((4,), float("nan"))}, "NaN"),
+    (lambda D: {"directions": torch.randn(4, D + 3)}, "must be (K, 16) for this generator"),
+    (lambda D: {"directions": torch.ones(4, D, dtype=torch.int64)}, "floating-point"),
+])
+def test_bad_direction_collections_give_one_line_errors(tmp_path: Path, G, entries, fragment: str) -> None:
+    path = tmp_path / "dirs.pt"
+    torch.save({"directions": torch.randn(4, G.style_dim), "explained_variance": torch.ones(4),
+                **entries(G.style_dim)}, path)
+    with pytest.raises(GanInvertError) as excinfo:
+        resolve_direction(G, f"{path}:1")
+    assert fragment in str(excinfo.value) and "\n" not in str(excinfo.value), str(excinfo.value)
+
+
 def test_directions_file_rows_equal_pca_spec(tmp_path: Path, G) -> None:
     pca = pca_directions(G)
     pca.first(4).save(tmp_path / "dirs.pt")
@@ -125,6 +147,27 @@ def test_parse_layers_and_strengths() -> None:
     for bad in ("", "1,x", "nan"):
         with pytest.raises(GanInvertError, match="--strength"):
             parse_strengths(bad)
+
+
+@pytest.mark.skipif(not Path("/proc/self/statm").exists(), reason="needs Linux's /proc and RLIMIT_AS")
+def test_huge_layer_range_is_refused_before_it_is_expanded() -> None:
+    # In a child process allowed 256 MiB more than it holds: expanding the range first runs out of memory.
+    code = ("import os, resource\n"
+            "from ganinvert.errors import GanInvertError\n"
+            "from ganinvert.tasks.editing import parse_layers\n"
+            "held = int(open('/proc/self/statm').read().split()[0]) * os.sysconf('SC_PAGE_SIZE')\n"
+            "resource.setrlimit(resource.RLIMIT_AS, (held + (256 << 20),) * 2)\n"
+            "try:\n    parse_layers('0-3000000000', 8)\n"
+            "except GanInvertError as exc:\n    print('refused:', exc)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-300:]
+    assert "refused: --layers 0-3000000000 out of range" in done.stdout
+
+
+def test_edit_of_a_non_finite_result_raises(G, w_plus_result) -> None:
+    broken = dataclasses.replace(w_plus_result, params={"latent": w_plus_result.params["latent"] * float("nan")})
+    with pytest.raises(GanInvertError, match="the edit of this w\\+ result contains NaN"):
+        edit(G, broken, resolve_direction(G, torch.ones(G.style_dim)), [0.0, 1.0])
 
 
 def test_edit_moves_only_the_chosen_layers_and_is_zero_at_alpha_0(G, w_plus_result) -> None:

@@ -58,6 +58,7 @@ import torch
 import torch.nn.functional as F
 
 from ...errors import GanInvertError
+from ...models.mapping_statistics import cached_statistic, mapped_latents
 from ...models.stylegan2 import FeatureEntry, StyleGAN2Generator, default_channels
 from ..schedules import get_schedule
 from .base import (InversionContext, Method, MethodSettings, ParamGroup, Params, Preset, Stage, SynthesisInputs, gather_noise, randn,
@@ -123,10 +124,8 @@ class GaussianFit:
     """
 
     def __init__(self, G: StyleGAN2Generator, samples: int = GAUSSIAN_FIT_SAMPLES, seed: int = 0) -> None:
-        g = torch.Generator().manual_seed(seed)
         with torch.no_grad():
-            z = torch.randn(samples, G.style_dim, generator=g).to(G.w_avg)
-            v = F.leaky_relu(G.mapping(z), 5.0)
+            v = F.leaky_relu(mapped_latents(G, samples, seed), 5.0)
             self.mean, self.std = v.mean(0), v.std(0)
 
     def __call__(self, z: torch.Tensor) -> torch.Tensor:
@@ -134,11 +133,7 @@ class GaussianFit:
 
     @classmethod
     def of(cls, G: StyleGAN2Generator) -> "GaussianFit":
-        fit = getattr(G, "_ilo_gaussian_fit", None)
-        if fit is None or fit.mean.dtype != G.w_avg.dtype or fit.mean.device != G.w_avg.device:
-            fit = cls(G)
-            G._ilo_gaussian_fit = fit
-        return fit
+        return cached_statistic(G, cls, lambda: cls(G))
 
 
 @dataclass

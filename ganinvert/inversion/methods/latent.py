@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from ...models.mapping_statistics import cached_statistic, mapped_latents
 from ...models.stylegan2 import StyleGAN2Generator
 from .base import (InversionContext, Method, MethodSettings, ParamGroup, Params, Preset, Stage, SynthesisInputs, frozen_noise,
                    gather_noise, noise_names, randn, register)
@@ -47,10 +48,8 @@ class PNormStatistics:
     """PCA whitening of LeakyReLU(5)-inverted w (P-norm+ space), computed once per generator."""
 
     def __init__(self, G: StyleGAN2Generator, samples: int = PNORM_SAMPLES, seed: int = 0) -> None:
-        g = torch.Generator().manual_seed(seed)
         with torch.no_grad():
-            z = torch.randn(samples, G.style_dim, generator=g).to(G.w_avg)
-            v = F.leaky_relu(G.mapping(z), 5.0)
+            v = F.leaky_relu(mapped_latents(G, samples, seed), 5.0)
             self.mean = v.mean(0)
             cov = torch.cov((v - self.mean).T.double())
             eigval, eigvec = torch.linalg.eigh(cov)
@@ -64,11 +63,7 @@ class PNormStatistics:
 
     @classmethod
     def of(cls, G: StyleGAN2Generator) -> "PNormStatistics":
-        stats = getattr(G, "_pnorm_statistics", None)
-        if stats is None:
-            stats = cls(G)
-            G._pnorm_statistics = stats
-        return stats
+        return cached_statistic(G, cls, lambda: cls(G))
 
 
 class LatentMethod(Method):

@@ -70,6 +70,7 @@ import torch
 import torch.nn.functional as F
 
 from ...errors import GanInvertError, WeightsNotFoundError
+from ...models.mapping_statistics import cached_statistic, mapped_latents
 from ...models.stylegan2 import StyleGAN2Generator
 from ..losses import lpips_input
 from .base import (InversionContext, Method, MethodSettings, ParamGroup, Params, Preset, Stage, SynthesisInputs, gather_noise,
@@ -212,7 +213,6 @@ class PTI(Method):
 
     def __init__(self, settings: MethodSettings | None = None) -> None:
         super().__init__(settings)
-        self._w_std: dict[int, float] = {}
         self._own_lpips: torch.nn.Module | None = None  # from settings.lpips_weights when the engine has none
 
     # -- structure --------------------------------------------------------------------------
@@ -274,15 +274,13 @@ class PTI(Method):
         return PTIInputs(ws=base.ws, noise=base.noise, const=base.const, weight_deltas=base.weight_deltas,
                          locality_ws=locality)
 
-    def _w_std_of(self, G: StyleGAN2Generator) -> float:
+    @staticmethod
+    def _w_std_of(G: StyleGAN2Generator) -> float:
         """The projector's w_std: root mean squared distance of mapped samples from their mean."""
-        key = id(G)
-        if key not in self._w_std:
-            g = torch.Generator().manual_seed(W_STD_SEED)
-            with torch.no_grad():
-                w = G.mapping(torch.randn(W_STD_SAMPLES, G.style_dim, generator=g).to(G.w_avg.device))
-            self._w_std[key] = float((w - w.mean(0)).square().sum() / W_STD_SAMPLES) ** 0.5
-        return self._w_std[key]
+        def build() -> float:
+            w = mapped_latents(G, W_STD_SAMPLES, W_STD_SEED)
+            return float((w - w.mean(0)).square().sum() / W_STD_SAMPLES) ** 0.5
+        return cached_statistic(G, "pti-w-std", build)
 
     def _locality_ws(self, G: StyleGAN2Generator, pivot: torch.Tensor,
                      rngs: Sequence[torch.Generator]) -> list[torch.Tensor]:

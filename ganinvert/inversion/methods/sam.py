@@ -84,6 +84,7 @@ from ...errors import GanInvertError, WeightsNotFoundError
 from ...models.encoders import optional_network_path
 from ...models.sam_predictor import (KIND as PREDICTOR_KIND, InvertibilityPredictor, load_predictor,
                                      predict_label_map, select_spaces)
+from ...models.mapping_statistics import cached_statistic, mapped_latents
 from ...models.stylegan2 import StyleGAN2Generator
 from ..losses import lpips_input
 from .base import (InversionContext, Method, MethodSettings, ParamGroup, Params, Preset, Stage, SynthesisInputs,
@@ -178,9 +179,7 @@ class LeakyGaussianPrior:
     (``latent_utils.get_mvg_stats``: covariance + 1e-8 I, mean = LeakyReLU(5)(mean w))."""
 
     def __init__(self, G: StyleGAN2Generator, samples: int = PRIOR_SAMPLES, seed: int = 0) -> None:
-        g = torch.Generator().manual_seed(seed)
-        with torch.no_grad():
-            w = G.mapping(torch.randn(samples, G.style_dim, generator=g).to(G.w_avg.device)).double()
+        w = mapped_latents(G, samples, seed).double()
         v = F.leaky_relu(w, 5.0)
         cov = torch.cov(v.T) + 1e-8 * torch.eye(G.style_dim, dtype=torch.float64, device=w.device)
         self.inv_cov = torch.linalg.inv(cov)
@@ -268,7 +267,6 @@ class SamOpt(Method):
 
     def __init__(self, settings: MethodSettings | None = None) -> None:
         super().__init__(settings)
-        self._priors: dict[int, LeakyGaussianPrior] = {}
         self._predictors: dict[Path, InvertibilityPredictor] = {}
         self._own_lpips: torch.nn.Module | None = None  # from settings.lpips_weights when the engine has none
 
@@ -446,19 +444,13 @@ class SamOpt(Method):
         latent, residuals = self._probe_parts(params, space) if space is not None else self._main_parts(params)[:2]
         total = latent.new_zeros(latent.shape[0])
         if s.lambda_mvg:
-            total = total + s.lambda_mvg * self._prior(G)(latent)
+            total = total + s.lambda_mvg * cached_statistic(G, LeakyGaussianPrior, lambda: LeakyGaussianPrior(G))(latent)
         if s.lambda_delta:
             total = total + s.lambda_delta * (latent[:, 1:] - latent[:, :1]).norm(dim=2).sum(1)
         if s.lambda_f:
             for r in residuals.values():
                 total = total + s.lambda_f * r.square().flatten(1).mean(1)
         return total
-
-    def _prior(self, G: StyleGAN2Generator) -> LeakyGaussianPrior:
-        key = id(G)
-        if key not in self._priors:
-            self._priors[key] = LeakyGaussianPrior(G)
-        return self._priors[key]
 
     # -- editing --------------------------------------------------------------------------------
     @torch.no_grad()
