@@ -10,7 +10,7 @@ import torch
 from ganinvert.errors import GanInvertError
 from ganinvert.inversion import InversionResult, invert
 from ganinvert.inversion.methods import make_method
-from ganinvert.inversion.methods.feature import check_direction, live_ws_indices, retract_to_sphere
+from ganinvert.inversion.methods.base import check_direction, live_ws_indices, retract_to_sphere
 from ganinvert.inversion.methods.latent import PNormStatistics
 from ganinvert.models.stylegan2 import StyleGAN2Generator
 from tests.conftest import in_domain_images, method_context, scaled_style_generator, state_hash

@@ -23,6 +23,7 @@ from typing import Any, Callable, ClassVar, Sequence
 
 import torch
 
+from ...checks import check_finite, check_shape
 from ...errors import GanInvertError
 from ...models.stylegan2 import FeatureEntry, StyleGAN2Generator
 from ...settings import replace_typed, typed_fields
@@ -240,6 +241,42 @@ def noise_names(G: StyleGAN2Generator) -> tuple[str, ...]:
 def gather_noise(G: StyleGAN2Generator, params: Params) -> list[torch.Tensor] | None:
     names = noise_names(G)
     return [params[n] for n in names] if names[0] in params else None
+
+
+def retract_to_sphere(x: torch.Tensor, radius: float, dims: Sequence[int] = (-1,)) -> torch.Tensor:
+    """``x`` rescaled to l2 norm ``radius`` over ``dims`` (every other index is a separate vector).
+
+    >>> retract_to_sphere(torch.tensor([[3.0, 4.0]]), 1.0)
+    tensor([[0.6000, 0.8000]])
+    """
+    norm = x.square().sum(tuple(dims), keepdim=True).sqrt().clamp_min(1e-12)
+    return x * (radius / norm)
+
+
+def live_ws_indices(G: StyleGAN2Generator, entry_block: int | None) -> list[int]:
+    """ws indices that affect an image entering synthesis at ``entry_block`` (all when None).
+
+    An entry at block b skips the convs of blocks 0..b; its ToRGB and everything after it still
+    read ws, from ``G.block_ws_indices(b)[-1]`` on.
+    """
+    first = 0 if entry_block is None else G.block_ws_indices(entry_block)[-1]
+    return list(range(first, G.num_ws))
+
+
+def check_direction(G: StyleGAN2Generator, direction: torch.Tensor) -> None:
+    """Raise a one-line error unless ``direction`` is a finite (num_ws, style_dim) tensor."""
+    check_shape(direction, f"{G.num_ws}, {G.style_dim}", "edit direction")
+    check_finite(direction, "edit direction")
+
+
+def editable_layers(G: StyleGAN2Generator, live: Sequence[int], layers: Sequence[int] | None) -> list[int]:
+    """The ws indices an edit may move: the requested ``layers`` (default all) among the ``live`` ones."""
+    if layers is None:
+        return list(live)
+    bad = [i for i in layers if not 0 <= int(i) < G.num_ws]
+    if bad:
+        raise GanInvertError(f"edit layers {bad} are out of range 0..{G.num_ws - 1}")
+    return sorted(set(live) & {int(i) for i in layers})
 
 
 @dataclass

@@ -61,9 +61,9 @@ from ...errors import GanInvertError
 from ...models.mapping_statistics import cached_statistic, mapped_latents
 from ...models.stylegan2 import FeatureEntry, StyleGAN2Generator, default_channels
 from ..schedules import get_schedule
-from .base import (InversionContext, Method, MethodSettings, ParamGroup, Params, Preset, Stage, SynthesisInputs, gather_noise, randn,
-                   register)
-from .feature import check_direction, editable_layers, live_ws_indices, retract_to_sphere
+from .base import (InversionContext, Method, MethodSettings, ParamGroup, Params, Preset, Stage, SynthesisInputs,
+                   check_direction, editable_layers, gather_noise, live_ws_indices, randn, register,
+                   retract_to_sphere)
 
 GAUSSIAN_FIT_SAMPLES = 10_000
 MAPPINGS = ("gaussian-fit", "network")

@@ -444,7 +444,8 @@ class SamOpt(Method):
         latent, residuals = self._probe_parts(params, space) if space is not None else self._main_parts(params)[:2]
         total = latent.new_zeros(latent.shape[0])
         if s.lambda_mvg:
-            total = total + s.lambda_mvg * cached_statistic(G, LeakyGaussianPrior, lambda: LeakyGaussianPrior(G))(latent)
+            prior = cached_statistic(G, LeakyGaussianPrior, lambda: LeakyGaussianPrior(G))
+            total = total + s.lambda_mvg * prior(latent)
         if s.lambda_delta:
             total = total + s.lambda_delta * (latent[:, 1:] - latent[:, :1]).norm(dim=2).sum(1)
         if s.lambda_f:
