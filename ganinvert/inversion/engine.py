@@ -34,7 +34,7 @@ from ..io import atomic_torch_save
 from ..models.stylegan2 import StyleGAN2Generator
 from .losses import ReconstructionLoss
 from .methods import Method, make_method
-from .methods.base import InversionContext
+from .methods.base import InversionContext, Stage
 from .result import InversionResult
 from .schedules import get_schedule
 
@@ -110,102 +110,36 @@ def invert(G: StyleGAN2Generator, target: torch.Tensor | None, method: str | Met
         torch.Size([4, 3, 64, 64])
     """
     m = method if isinstance(method, Method) else make_method(method, preset, settings)
-    if target is None and measurement is None:
-        raise GanInvertError("invert needs a target image or a measurement")
-    n = (target if target is not None else measurement).shape[0]
-    if target is not None and measurement is not None and measurement.shape[0] != n:
-        raise GanInvertError(f"got {measurement.shape[0]} measurements for {n} target images")
-    if target is not None:
-        check_images(target, G.resolution, "target")
-    device = G.w_avg.device
-    A = operator if operator is not None else (lambda x: x)
-    if target is not None:
-        target = target.to(device)
-    with torch.no_grad():
-        y = (measurement if measurement is not None else A(target)).to(device)
-    check_finite(y, "measurement")
-    seeds = [check_seed(int(seed))] * n if isinstance(seed, int) else [check_seed(int(s)) for s in seed]
-    if len(seeds) != n:
-        raise GanInvertError(f"got {len(seeds)} seeds for {n} images")
+    target, y, seeds = _checked_problem(G, target, measurement, operator, seed)
     s = m.settings
     if s.lambda_lpips and lpips is None and y.ndim == 4 and y.shape[1] == 3:
         raise GanInvertError(f"method {m.name} uses LPIPS (lambda_lpips={s.lambda_lpips}); pass LPIPS weights "
                              "(--lpips-weights / GANINVERT_LPIPS_WEIGHTS) or set lambda_lpips=0 (--no-lpips)")
-    check_finite(G.w_avg, "the generator's w_avg")
-    loss_fn = ReconstructionLoss(s.lambda_mse, s.lambda_lpips, lpips)
-
     rngs = [torch.Generator().manual_seed(sd) for sd in seeds]
     source = getattr(G, "source", None)
     run_id = _fingerprint(m.name, s.to_dict(), seeds, y, getattr(source, "sha256", None), G.config())
-    stages = m.stages(G)
-    # With a forward operator the method sees only the measurement, never the clean image.
-    ctx = InversionContext(G=G, rngs=rngs, measurement=y, image=target if operator is None else None,
-                           operator=operator, lpips=lpips)
-    if ctx.image is None and operator is None:
-        ctx.image = y  # a measured image through the identity (e.g. a noisy photo) is the picture itself
+    # With a forward operator the method sees only the measurement, never the clean image; without
+    # one, a measured image (a noisy photo given as the target-less measurement) is the picture itself.
+    ctx = InversionContext(G=G, rngs=rngs, measurement=y, operator=operator, lpips=lpips,
+                           image=(target if target is not None else y) if operator is None else None)
     init_started = time.perf_counter()
     state = _State(params=m.init_params(ctx))
     # Initialisation is part of the cost (an encoder method's whole forward pass, sam-opt's probes).
     init_seconds = time.perf_counter() - init_started
     ckpt = Path(checkpoint_path) if checkpoint_path else None
     if resume and ckpt is not None and ckpt.exists():
-        state = _load_checkpoint(ckpt, run_id, rngs, device)
+        state = _load_checkpoint(ckpt, run_id, rngs, G.w_avg.device)
 
-    total = sum(st.steps for st in stages)
-    bar = tqdm(total=total, initial=state.global_step, disable=not progress, desc=m.name, leave=False,
+    stages = m.stages(G)
+    loop = _Loop(m, ctx, ReconstructionLoss(s.lambda_mse, s.lambda_lpips, lpips), target, state,
+                 sum(st.steps for st in stages), callback)
+    bar = tqdm(total=loop.total, initial=state.global_step, disable=not progress, desc=m.name, leave=False,
                dynamic_ncols=True)
     try:
         while state.stage_index < len(stages):
-            stage = stages[state.stage_index]
-            ctx.stage_index, ctx.step = state.stage_index, state.step
-            if state.step == 0 and state.optimizer_state is None:
-                m.begin_stage(ctx, state.params)
-            for name in stage.names:
-                if name not in state.params:
-                    raise RuntimeError(f"method {m.name} stage {stage.name} optimises unknown tensor {name}")
-            for name, tensor in state.params.items():
-                tensor.requires_grad_(name in stage.names)
-            optimizer = torch.optim.Adam(
-                [{"params": [state.params[nm] for nm in g.names], "lr": g.lr} for g in stage.groups],
-                betas=(0.9, 0.999))
-            if state.optimizer_state is not None:
-                optimizer.load_state_dict(state.optimizer_state)
-                state.optimizer_state = None
-            schedules = [get_schedule(g.schedule) for g in stage.groups]
-            started = time.perf_counter() - state.seconds
-            while state.step < stage.steps:
-                t = state.step / stage.steps
-                for group, spec, sched in zip(optimizer.param_groups, stage.groups, schedules):
-                    group["lr"] = spec.lr * sched(t)
-                ctx.step = state.step
-                inputs = m.inputs(ctx, state.params)
-                x_hat = inputs.render(G)
-                per_image = loss_fn(A(x_hat), y)
-                reg = m.regulariser(ctx, state.params, inputs)
-                if reg is not None:
-                    per_image = per_image + reg
-                if not bool(torch.isfinite(per_image).all()):
-                    raise GanInvertError(f"method {m.name}: the loss became non-finite at step {state.global_step + 1} "
-                                         f"(stage {stage.name}); lower the learning rate or check the settings")
-                optimizer.zero_grad(set_to_none=True)
-                per_image.sum().backward()
-                optimizer.step()
-                m.project(ctx, state.params)
-                state.step += 1
-                state.global_step += 1
-                loss_value = float(per_image.detach().mean())
-                psnr = float(_psnr(x_hat.detach(), target).mean()) if target is not None else None
-                state.history["loss"].append(loss_value)
-                state.history["psnr"].append(psnr if psnr is not None else float("nan"))
-                state.seconds = time.perf_counter() - started
-                bar.update(1)
-                if state.global_step % 10 == 0 or state.step == stage.steps:
-                    bar.set_postfix(loss=f"{loss_value:.4f}", psnr="-" if psnr is None else f"{psnr:.2f}",
-                                    refresh=False)
-                if callback is not None:
-                    callback(Progress(stage.name, state.global_step, total, loss_value, psnr))
-                if ckpt is not None and state.global_step % checkpoint_every == 0:
-                    _save_checkpoint(ckpt, run_id, state, optimizer, rngs)
+            loop.run_stage(stages[state.stage_index], bar,
+                           (lambda opt: _save_checkpoint(ckpt, run_id, state, opt, rngs)) if ckpt else None,
+                           checkpoint_every)
             state.stage_index += 1
             state.step = 0
     finally:
@@ -218,6 +152,104 @@ def invert(G: StyleGAN2Generator, target: torch.Tensor | None, method: str | Met
         method=m.name, preset=preset if preset is not None else m.default_preset, settings=s.to_dict(),
         params={k: v.detach() for k, v in state.params.items()}, seeds=seeds,
         generator=_generator_record(G), history=state.history, seconds=state.seconds + init_seconds)
+
+
+def _checked_problem(G: StyleGAN2Generator, target: torch.Tensor | None, measurement: torch.Tensor | None,
+                     operator: Callable[[torch.Tensor], torch.Tensor] | None, seed: int | Sequence[int]
+                     ) -> tuple[torch.Tensor | None, torch.Tensor, list[int]]:
+    """The target on G's device, the measurement y and one seed per image, each checked."""
+    if target is None and measurement is None:
+        raise GanInvertError("invert needs a target image or a measurement")
+    n = (target if target is not None else measurement).shape[0]
+    if target is not None and measurement is not None and measurement.shape[0] != n:
+        raise GanInvertError(f"got {measurement.shape[0]} measurements for {n} target images")
+    check_finite(G.w_avg, "the generator's w_avg")
+    device = G.w_avg.device
+    if target is not None:
+        target = check_images(target, G.resolution, "target").to(device)
+    with torch.no_grad():
+        y = measurement if measurement is not None else (target if operator is None else operator(target))
+    y = check_finite(y.to(device), "measurement")
+    seeds = [check_seed(int(seed))] * n if isinstance(seed, int) else [check_seed(int(sd)) for sd in seed]
+    if len(seeds) != n:
+        raise GanInvertError(f"got {len(seeds)} seeds for {n} images")
+    return target, y, seeds
+
+
+@dataclass
+class _Loop:
+    """The optimisation of one run, stage by stage; ``state`` is what a checkpoint holds."""
+
+    method: Method
+    ctx: InversionContext
+    loss_fn: ReconstructionLoss
+    target: torch.Tensor | None
+    state: _State
+    total: int
+    callback: Callable[[Progress], None] | None
+
+    def optimizer(self, stage: Stage) -> torch.optim.Adam:
+        """Adam over the stage's groups (resumed from the checkpoint's state when there is one)."""
+        params = self.state.params
+        for name in stage.names:
+            if name not in params:
+                raise RuntimeError(f"method {self.method.name} stage {stage.name} optimises unknown tensor {name}")
+        for name, tensor in params.items():
+            tensor.requires_grad_(name in stage.names)
+        optimizer = torch.optim.Adam([{"params": [params[nm] for nm in g.names], "lr": g.lr} for g in stage.groups],
+                                     betas=(0.9, 0.999))
+        if self.state.optimizer_state is not None:
+            optimizer.load_state_dict(self.state.optimizer_state)
+            self.state.optimizer_state = None
+        return optimizer
+
+    def run_stage(self, stage: Stage, bar: tqdm, save: Callable[[torch.optim.Optimizer], None] | None,
+                  checkpoint_every: int) -> None:
+        m, ctx, state = self.method, self.ctx, self.state
+        G, y = ctx.G, ctx.measurement
+        A = ctx.operator if ctx.operator is not None else (lambda x: x)
+        ctx.stage_index, ctx.step = state.stage_index, state.step
+        if state.step == 0 and state.optimizer_state is None:
+            m.begin_stage(ctx, state.params)
+        optimizer = self.optimizer(stage)
+        schedules = [get_schedule(g.schedule) for g in stage.groups]
+        started = time.perf_counter() - state.seconds
+        while state.step < stage.steps:
+            t = state.step / stage.steps
+            for group, spec, sched in zip(optimizer.param_groups, stage.groups, schedules):
+                group["lr"] = spec.lr * sched(t)
+            ctx.step = state.step
+            inputs = m.inputs(ctx, state.params)
+            x_hat = inputs.render(G)
+            per_image = self.loss_fn(A(x_hat), y)
+            reg = m.regulariser(ctx, state.params, inputs)
+            if reg is not None:
+                per_image = per_image + reg
+            if not bool(torch.isfinite(per_image).all()):
+                raise GanInvertError(f"method {m.name}: the loss became non-finite at step {state.global_step + 1} "
+                                     f"(stage {stage.name}); lower the learning rate or check the settings")
+            optimizer.zero_grad(set_to_none=True)
+            per_image.sum().backward()
+            optimizer.step()
+            m.project(ctx, state.params)
+            state.step += 1
+            state.global_step += 1
+            self.record(stage, float(per_image.detach().mean()), x_hat, bar)
+            state.seconds = time.perf_counter() - started
+            if save is not None and state.global_step % checkpoint_every == 0:
+                save(optimizer)
+
+    def record(self, stage: Stage, loss_value: float, x_hat: torch.Tensor, bar: tqdm) -> None:
+        """History, progress bar and callback after a step."""
+        state = self.state
+        psnr = float(_psnr(x_hat.detach(), self.target).mean()) if self.target is not None else None
+        state.history["loss"].append(loss_value)
+        state.history["psnr"].append(psnr if psnr is not None else float("nan"))
+        bar.update(1)
+        if state.global_step % 10 == 0 or state.step == stage.steps:
+            bar.set_postfix(loss=f"{loss_value:.4f}", psnr="-" if psnr is None else f"{psnr:.2f}", refresh=False)
+        if self.callback is not None:
+            self.callback(Progress(stage.name, state.global_step, self.total, loss_value, psnr))
 
 
 def _generator_record(G: StyleGAN2Generator) -> dict[str, Any]:
