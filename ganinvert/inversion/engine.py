@@ -41,13 +41,20 @@ from .schedules import get_schedule
 
 @dataclass
 class Progress:
-    """What the callback and the progress bar see after each step."""
+    """What the callback sees after each step.
+
+    Attributes:
+        stage: the running stage's name; step: steps done in all stages; total: steps of the run.
+        loss: mean loss of the step; psnr: mean PSNR to the target (None without one).
+        image: this step's rendering (N, 3, H, W), detached: for a live view, nothing to keep.
+    """
 
     stage: str
     step: int
     total: int
     loss: float
     psnr: float | None
+    image: torch.Tensor
 
 
 @dataclass
@@ -83,7 +90,7 @@ def invert(G: StyleGAN2Generator, target: torch.Tensor | None, method: str | Met
            measurement: torch.Tensor | None = None,
            seed: int | Sequence[int] = 0, lpips: torch.nn.Module | None = None,
            checkpoint_path: str | Path | None = None, checkpoint_every: int = 100, resume: bool = False,
-           progress: bool = True, callback: Callable[[Progress], None] | None = None) -> InversionResult:
+           progress: bool = True, callback: Callable[[Progress], bool | None] | None = None) -> InversionResult:
     """Invert a batch of images (or measurements of them) into ``G``.
 
     Args:
@@ -99,7 +106,8 @@ def invert(G: StyleGAN2Generator, target: torch.Tensor | None, method: str | Met
         lpips: an LPIPS module, required when the method's ``lambda_lpips`` > 0 and y is an image.
         checkpoint_path, checkpoint_every, resume: see the module docstring.
         progress: show a tqdm bar with loss and PSNR.
-        callback: called with a :class:`Progress` after every step.
+        callback: called with a :class:`Progress` after every step; when it returns True the run
+            stops there and the result holds the tensors of that step (``extra["stopped_at"]``).
 
     Returns:
         An :class:`InversionResult` holding every tensor of the method.
@@ -136,22 +144,29 @@ def invert(G: StyleGAN2Generator, target: torch.Tensor | None, method: str | Met
     bar = tqdm(total=loop.total, initial=state.global_step, disable=not progress, desc=m.name, leave=False,
                dynamic_ncols=True)
     try:
-        while state.stage_index < len(stages):
+        while state.stage_index < len(stages) and not loop.stopped:
             loop.run_stage(stages[state.stage_index], bar,
                            (lambda opt: _save_checkpoint(ckpt, run_id, state, opt, rngs)) if ckpt else None,
                            checkpoint_every)
-            state.stage_index += 1
-            state.step = 0
+            if not loop.stopped:
+                state.stage_index += 1
+                state.step = 0
     finally:
         bar.close()
     for tensor in state.params.values():
         tensor.requires_grad_(False)
+    if loop.stopped:  # give a stopped run the tensors of a finished one, so it renders like one
+        with torch.no_grad():
+            for ctx.stage_index in range(state.stage_index + 1, len(stages)):
+                ctx.step = 0
+                m.begin_stage(ctx, state.params)
     if ckpt is not None and ckpt.exists():
         ckpt.unlink()
     return InversionResult(
         method=m.name, preset=preset if preset is not None else m.default_preset, settings=s.to_dict(),
         params={k: v.detach() for k, v in state.params.items()}, seeds=seeds,
-        generator=_generator_record(G), history=state.history, seconds=state.seconds + init_seconds)
+        generator=_generator_record(G), history=state.history, seconds=state.seconds + init_seconds,
+        extra={"stopped_at": state.global_step} if loop.stopped else {})
 
 
 def _checked_problem(G: StyleGAN2Generator, target: torch.Tensor | None, measurement: torch.Tensor | None,
@@ -186,7 +201,8 @@ class _Loop:
     target: torch.Tensor | None
     state: _State
     total: int
-    callback: Callable[[Progress], None] | None
+    callback: Callable[[Progress], bool | None] | None
+    stopped: bool = False
 
     def optimizer(self, stage: Stage) -> torch.optim.Adam:
         """Adam over the stage's groups (resumed from the checkpoint's state when there is one)."""
@@ -238,6 +254,8 @@ class _Loop:
             state.seconds = time.perf_counter() - started
             if save is not None and state.global_step % checkpoint_every == 0:
                 save(optimizer)
+            if self.stopped:
+                return
 
     def record(self, stage: Stage, loss_value: float, x_hat: torch.Tensor, bar: tqdm) -> None:
         """History, progress bar and callback after a step."""
@@ -249,7 +267,9 @@ class _Loop:
         if state.global_step % 10 == 0 or state.step == stage.steps:
             bar.set_postfix(loss=f"{loss_value:.4f}", psnr="-" if psnr is None else f"{psnr:.2f}", refresh=False)
         if self.callback is not None:
-            self.callback(Progress(stage.name, state.global_step, self.total, loss_value, psnr))
+            image = x_hat.detach()
+            self.stopped = bool(self.callback(Progress(stage.name, state.global_step, self.total, loss_value, psnr,
+                                                       image)))
 
 
 def _generator_record(G: StyleGAN2Generator) -> dict[str, Any]:

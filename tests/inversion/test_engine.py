@@ -152,7 +152,7 @@ def test_other_bad_arguments(G, targets):
     (("w+", "fast", None), "unknown preset 'fast'"),
     (("w+", None, {"stepz": 3}), "unknown setting"),
     (("w+", None, {"steps": 0}), "steps must be > 0"),
-    (("w+", None, {"lr": -1.0}), "lr must be > 0"),
+    (("w+", None, {"lr": -1.0}), "setting 'lr' must be > 0"),
     (("sphinx", None, {"schedule": "zigzag"}), "unknown LR schedule"),
     (("sphinx", None, {"activation": "tanh"}), "activation"),
 ])
@@ -256,3 +256,20 @@ def test_result_load_errors(tmp_path, G, targets, damage, message):
         meta.write_text(json.dumps({"format": "something-else"}))
     with pytest.raises(GanInvertError, match=message):
         InversionResult.load(path)
+
+
+@pytest.mark.parametrize("method", ["w+", "ilo", "pti"])
+def test_a_callback_can_stop_the_run_and_the_result_renders(G, targets, method):
+    seen: list[int] = []
+
+    def stop_after_three(p) -> bool:
+        seen.append(p.step)
+        assert p.image.shape == targets[:1].shape and not p.image.requires_grad
+        return p.step == 3
+
+    result = invert(G, targets[:1], method, settings={"steps": 40, "lambda_lpips": 0.0}, callback=stop_after_three,
+                    progress=False)
+    assert seen == [1, 2, 3] and len(result.history["loss"]) == 3
+    assert result.extra == {"stopped_at": 3}
+    image = result.render(G)
+    assert image.shape == targets[:1].shape and torch.isfinite(image).all()
