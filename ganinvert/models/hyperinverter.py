@@ -54,6 +54,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..checks import check_images
 from ..errors import CheckpointError, GanInvertError
 from .encoders import ConvBackbone, load_network, resolve_network_path, save_network
 from .stylegan2 import StyleGAN2Generator
@@ -73,13 +74,6 @@ def pyramid_widths(resolution: int, base_width: int, max_width: int) -> dict[int
         widths[side] = min(width, max_width)
         side, width = side // 2, width * 2
     return widths
-
-
-def _check_images(image: torch.Tensor, resolution: int) -> None:
-    if image.ndim != 4 or tuple(image.shape[1:]) != (3, resolution, resolution):
-        raise GanInvertError(f"images must be (N, 3, {resolution}, {resolution}), got {tuple(image.shape)}")
-    if not torch.isfinite(image).all():
-        raise GanInvertError("images contain NaN or infinite values")
 
 
 class WEncoder(nn.Module):
@@ -112,7 +106,7 @@ class WEncoder(nn.Module):
         return net.to(G.w_avg.device)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
-        _check_images(image, self.config["resolution"])
+        check_images(image, self.config["resolution"])
         features = self.backbone(image)[4]
         return self.w_avg + self.head(features.flatten(1))
 

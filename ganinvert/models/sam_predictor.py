@@ -41,6 +41,7 @@ from typing import Any, Sequence
 import torch
 import torch.nn.functional as F
 
+from ..checks import check_images, check_shape
 from ..errors import GanInvertError
 from .encoders import ConvBackbone, load_network, resolve_network_path, save_network
 from .stylegan2 import StyleGAN2Generator
@@ -90,7 +91,7 @@ class InvertibilityPredictor(torch.nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Predicted ``log(error + log_eps)``, (N, S, m, m)."""
-        check_images(images, self.config["resolution"])
+        check_unit_images(images, self.config["resolution"])
         m = self.config["map_side"]
         features = self.backbone(images)
         joint = torch.cat([features[m], F.interpolate(features[m // 2], scale_factor=2.0, mode="nearest")], 1)
@@ -111,12 +112,9 @@ class InvertibilityPredictor(torch.nn.Module):
         return F.interpolate(self.maps(images), size=images.shape[-2:], mode="bilinear", align_corners=False)
 
 
-def check_images(images: torch.Tensor, resolution: int) -> None:
+def check_unit_images(images: torch.Tensor, resolution: int) -> None:
     """Raise a one-line GanInvertError unless ``images`` is a finite (N, 3, R, R) batch in [-1, 1]."""
-    if images.ndim != 4 or images.shape[1] != 3 or tuple(images.shape[-2:]) != (resolution, resolution):
-        raise GanInvertError(f"expected images (N, 3, {resolution}, {resolution}), got {tuple(images.shape)}")
-    if not torch.isfinite(images).all():
-        raise GanInvertError("images contain NaN or infinite values")
+    check_images(images, resolution)
     if images.min() < -1.001 or images.max() > 1.001:
         raise GanInvertError(f"images must lie in [-1, 1], got [{float(images.min()):.3f}, {float(images.max()):.3f}]")
 
@@ -175,8 +173,7 @@ def superpixels(images: torch.Tensor, segments: int = 64, compactness: float = 1
 def segment_mean(values: torch.Tensor, segments: torch.Tensor) -> torch.Tensor:
     """Replace every value of (N, C, H, W) ``values`` by its mean inside the pixel's segment."""
     n, c, h, w = values.shape
-    if segments.shape != (n, h, w):
-        raise GanInvertError(f"segments must be (N, H, W) = {(n, h, w)}, got {tuple(segments.shape)}")
+    check_shape(segments, f"{n}, {h}, {w}", "segments")
     labels = segments.reshape(n, -1).long()
     if labels.min() < 0:
         raise GanInvertError("segment labels must be >= 0")

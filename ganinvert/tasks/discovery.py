@@ -42,6 +42,7 @@ from typing import Any, Callable, Sequence
 import torch
 import torch.nn.functional as F
 
+from ..checks import check_images, check_shape
 from ..errors import GanInvertError
 from ..inversion import invert, make_method
 from ..inversion.methods.base import Params
@@ -88,8 +89,7 @@ def apply_attribute(image: torch.Tensor, attribute: str, factor: float) -> torch
 
 def attribute_variants(image: torch.Tensor, attribute: str, factors: Sequence[float]) -> torch.Tensor:
     """The K variants of each image: (N, 3, H, W) -> (N, K, 3, H, W)."""
-    if image.ndim != 4 or image.shape[1] != 3:
-        raise GanInvertError(f"image must be (N, 3, H, W), got {tuple(image.shape)}")
+    check_shape(image, "N, 3, H, W", "image")
     return torch.stack([apply_attribute(image, attribute, f) for f in factors], dim=1)
 
 
@@ -114,9 +114,7 @@ def discover(G: StyleGAN2Generator, image: torch.Tensor, attribute: str = "rotat
     """
     if attribute not in ATTRIBUTES:
         raise GanInvertError(f"unknown attribute {attribute!r}; choose one of {', '.join(ATTRIBUTES)}")
-    expected = (3, G.resolution, G.resolution)
-    if image.ndim != 4 or tuple(image.shape[1:]) != expected:
-        raise GanInvertError(f"image must be (N, {', '.join(map(str, expected))}), got {tuple(image.shape)}")
+    check_images(image, G.resolution, "image")
     factors = tuple(float(f) for f in (DEFAULT_FACTORS[attribute] if factors is None else factors))
     method = make_method("discover", preset, {**(settings or {}), "attribute": attribute, "factors": factors})
     variants = attribute_variants(image.to(G.w_avg.device), attribute, factors)

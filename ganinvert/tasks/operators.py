@@ -38,6 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..checks import check_finite
 from ..errors import GanInvertError
 from ..rng import RandomStream, check_seed, seeded_generator
 from .masks import load_mask, random_mask, size_hw
@@ -86,11 +87,6 @@ def _check_image(x: Any, what: str = "image") -> None:
         raise GanInvertError(f"{what} must have shape (N, C, H, W), got {tuple(x.shape)}")
     if not x.is_floating_point():
         raise GanInvertError(f"{what} must be a floating-point tensor, got {x.dtype}")
-
-
-def _check_finite(x: Tensor, what: str = "image") -> None:
-    if not bool(torch.isfinite(x).all()):
-        raise GanInvertError(f"{what} contains NaN or infinite values")
 
 
 def _working_dtype(x: Tensor) -> torch.dtype:
@@ -269,7 +265,7 @@ class ForwardOperator(nn.Module, abc.ABC):
     def forward(self, x: Tensor) -> Tensor:
         """The observed measurement ``noise_model(A(x))``, reproducible from the seed."""
         _check_image(x)
-        _check_finite(x)
+        check_finite(x)
         return self.noise_model(self.A(x))
 
     def adjointness_test(self, x_shape: Sequence[int], generator: torch.Generator,

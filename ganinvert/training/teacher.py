@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..checks import check_shape
 from ..errors import GanInvertError
 
 TEACHER_PREFIX = "teacher:"
@@ -60,8 +61,7 @@ class GanFaceGenerateTeacher(nn.Module):
     @torch.no_grad()
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         """z (N, 100) -> images (N, 3, 64, 64) in [-1, 1]."""
-        if z.ndim != 2 or z.shape[1] != self.latent_dim:
-            raise GanInvertError(f"teacher latents must be (N, {self.latent_dim}), got {tuple(z.shape)}")
+        check_shape(z, f"N, {self.latent_dim}", "teacher latents")
         return self.net(z[:, :, None, None])
 
 

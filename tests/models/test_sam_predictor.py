@@ -42,7 +42,7 @@ def test_maps_have_one_non_negative_channel_per_space(G) -> None:
     assert predictor.predict_maps(generated_images(G, 1)).shape == (1, 2, 32, 32)
     with pytest.raises(GanInvertError, match="map_side"):
         InvertibilityPredictor(32, ["w+"], map_side=32)
-    with pytest.raises(GanInvertError, match="expected images"):
+    with pytest.raises(GanInvertError, match="images must be \\(N, 3"):
         predictor(torch.zeros(1, 3, 16, 16))
     with pytest.raises(GanInvertError, match="NaN"):
         predictor(torch.full((1, 3, 32, 32), float("nan")))
