@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 from ..errors import GanInvertError
 from ..checks import check_finite, check_images, check_seed
 from ..io import atomic_torch_save
+from ..models.precision import resolve_precision, synthesis_generator
 from ..models.stylegan2 import StyleGAN2Generator
 from .losses import ReconstructionLoss
 from .methods import Method, make_method
@@ -90,7 +91,8 @@ def invert(G: StyleGAN2Generator, target: torch.Tensor | None, method: str | Met
            measurement: torch.Tensor | None = None,
            seed: int | Sequence[int] = 0, lpips: torch.nn.Module | None = None,
            checkpoint_path: str | Path | None = None, checkpoint_every: int = 100, resume: bool = False,
-           progress: bool = True, callback: Callable[[Progress], bool | None] | None = None) -> InversionResult:
+           progress: bool = True, callback: Callable[[Progress], bool | None] | None = None,
+           precision: str = "fp32") -> InversionResult:
     """Invert a batch of images (or measurements of them) into ``G``.
 
     Args:
@@ -106,6 +108,9 @@ def invert(G: StyleGAN2Generator, target: torch.Tensor | None, method: str | Met
         lpips: an LPIPS module, required when the method's ``lambda_lpips`` > 0 and y is an image.
         checkpoint_path, checkpoint_every, resume: see the module docstring.
         progress: show a tqdm bar with loss and PSNR.
+        precision: the synthesis network's precision, ``"fp32"``, ``"bf16"``, ``"fp16"`` or ``"auto"``
+            (:func:`~ganinvert.models.precision.resolve_precision`); the optimised tensors, the loss
+            and Adam's state stay float32. Recorded in the result (``extra["precision"]``).
         callback: called with a :class:`Progress` after every step; when it returns True the run
             stops there and the result holds the tensors of that step (``extra["stopped_at"]``).
 
@@ -123,9 +128,10 @@ def invert(G: StyleGAN2Generator, target: torch.Tensor | None, method: str | Met
     if s.lambda_lpips and lpips is None and y.ndim == 4 and y.shape[1] == 3:
         raise GanInvertError(f"method {m.name} uses LPIPS (lambda_lpips={s.lambda_lpips}); pass LPIPS weights "
                              "(--lpips-weights / GANINVERT_LPIPS_WEIGHTS) or set lambda_lpips=0 (--no-lpips)")
+    chosen = resolve_precision(precision, G.w_avg.device)
     rngs = [torch.Generator().manual_seed(sd) for sd in seeds]
     source = getattr(G, "source", None)
-    run_id = _fingerprint(m.name, s.to_dict(), seeds, y, getattr(source, "sha256", None), G.config())
+    run_id = _fingerprint(m.name, s.to_dict(), seeds, y, getattr(source, "sha256", None), G.config(), chosen.name)
     # With a forward operator the method sees only the measurement, never the clean image; without
     # one, a measured image (a noisy photo given as the target-less measurement) is the picture itself.
     ctx = InversionContext(G=G, rngs=rngs, measurement=y, operator=operator, lpips=lpips,
@@ -140,7 +146,7 @@ def invert(G: StyleGAN2Generator, target: torch.Tensor | None, method: str | Met
 
     stages = m.stages(G)
     loop = _Loop(m, ctx, ReconstructionLoss(s.lambda_mse, s.lambda_lpips, lpips), target, state,
-                 sum(st.steps for st in stages), callback)
+                 sum(st.steps for st in stages), callback, synthesis_generator(G, chosen.dtype))
     bar = tqdm(total=loop.total, initial=state.global_step, disable=not progress, desc=m.name, leave=False,
                dynamic_ncols=True)
     try:
@@ -166,7 +172,7 @@ def invert(G: StyleGAN2Generator, target: torch.Tensor | None, method: str | Met
         method=m.name, preset=preset if preset is not None else m.default_preset, settings=s.to_dict(),
         params={k: v.detach() for k, v in state.params.items()}, seeds=seeds,
         generator=_generator_record(G), history=state.history, seconds=state.seconds + init_seconds,
-        extra={"stopped_at": state.global_step} if loop.stopped else {})
+        extra={"precision": chosen.name, **({"stopped_at": state.global_step} if loop.stopped else {})})
 
 
 def _checked_problem(G: StyleGAN2Generator, target: torch.Tensor | None, measurement: torch.Tensor | None,
@@ -202,6 +208,7 @@ class _Loop:
     state: _State
     total: int
     callback: Callable[[Progress], bool | None] | None
+    renderer: StyleGAN2Generator  # ctx.G, or its reduced-precision copy
     stopped: bool = False
 
     def optimizer(self, stage: Stage) -> torch.optim.Adam:
@@ -222,7 +229,7 @@ class _Loop:
     def run_stage(self, stage: Stage, bar: tqdm, save: Callable[[torch.optim.Optimizer], None] | None,
                   checkpoint_every: int) -> None:
         m, ctx, state = self.method, self.ctx, self.state
-        G, y = ctx.G, ctx.measurement
+        y = ctx.measurement
         A = ctx.operator if ctx.operator is not None else (lambda x: x)
         ctx.stage_index, ctx.step = state.stage_index, state.step
         if state.step == 0 and state.optimizer_state is None:
@@ -236,7 +243,7 @@ class _Loop:
                 group["lr"] = spec.lr * sched(t)
             ctx.step = state.step
             inputs = m.inputs(ctx, state.params)
-            x_hat = inputs.render(G)
+            x_hat = inputs.render(self.renderer)
             per_image = self.loss_fn(A(x_hat), y)
             reg = m.regulariser(ctx, state.params, inputs)
             if reg is not None:

@@ -156,6 +156,9 @@ class _ModulatedConvAct(torch.autograd.Function):
     @once_differentiable  # in-place, hand-written: refuse double backward rather than get it wrong
     def backward(ctx, grad: torch.Tensor):
         x, style, demod, noise, out, weight, bias = ctx.saved_tensors
+        # Under autocast the output (and so the gradient's working type) can be narrower than the
+        # saved float32 weight: compute in the output's type; autograd casts each input's gradient back.
+        grad, weight, bias = grad.to(out.dtype), weight.to(out.dtype), bias.to(out.dtype)
         need_x, need_style, need_demod, need_noise = ctx.needs_input_grad[:4]
         blur_kernel, up = ctx.blur_kernel, ctx.blur_kernel is not None
         n = x.shape[0]

@@ -270,6 +270,6 @@ def test_a_callback_can_stop_the_run_and_the_result_renders(G, targets, method):
     result = invert(G, targets[:1], method, settings={"steps": 40, "lambda_lpips": 0.0}, callback=stop_after_three,
                     progress=False)
     assert seen == [1, 2, 3] and len(result.history["loss"]) == 3
-    assert result.extra == {"stopped_at": 3}
+    assert result.extra == {"precision": "fp32", "stopped_at": 3}
     image = result.render(G)
     assert image.shape == targets[:1].shape and torch.isfinite(image).all()

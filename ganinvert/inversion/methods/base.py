@@ -42,7 +42,25 @@ class SynthesisInputs:
     feature_residuals: dict[int, torch.Tensor] | None = None
     weight_deltas: dict[str, torch.Tensor] | None = None
 
+    def to(self, dtype: torch.dtype) -> "SynthesisInputs":
+        """The same inputs in ``dtype`` (for a generator cast to reduced precision); differentiable."""
+        def cast(t: torch.Tensor | None) -> torch.Tensor | None:
+            return None if t is None else t.to(dtype)
+
+        entry = self.feature_entry
+        return dataclasses.replace(
+            self, ws=self.ws.to(dtype), noise=None if self.noise is None else [cast(t) for t in self.noise],
+            const=cast(self.const),
+            feature_entry=None if entry is None else FeatureEntry(entry.block, entry.features.to(dtype), cast(entry.rgb)),
+            feature_residuals=None if self.feature_residuals is None else {
+                k: v.to(dtype) for k, v in self.feature_residuals.items()},
+            weight_deltas=None if self.weight_deltas is None else {k: v.to(dtype) for k, v in self.weight_deltas.items()})
+
     def render(self, G: StyleGAN2Generator, impl: str = "fast") -> torch.Tensor:
+        """The image, float32 whatever G's precision (a reduced-precision G gets the inputs in its type)."""
+        dtype = G.w_avg.dtype
+        if dtype != self.ws.dtype:
+            return self.to(dtype).render(G, impl).float()
         return G.synthesis(self.ws, self.noise, const=self.const, feature_entry=self.feature_entry,
                            feature_residuals=self.feature_residuals, weight_deltas=self.weight_deltas,
                            impl=impl)
