@@ -18,6 +18,7 @@ from ..errors import GanInvertError
 from ..evaluation.plan import EvaluationConfig, MethodSpec, parse_methods
 from ..evaluation.runner import RAY_LOCAL, run_evaluation
 from ..evaluation.suites import BORDERS, SUITES
+from ..settings import field_types
 from .common import device_option, generator_option, lpips_options, out_dir_option, parse_settings, pick_device
 
 
@@ -46,6 +47,13 @@ def apply_overrides(methods: list[MethodSpec], overrides: dict[str, Any], steps:
         for values in per_method.values():
             values["lambda_lpips"] = 0.0
     return [m.with_overrides(per_method[m.label]) for m in methods]
+
+
+def _suite_options(suite: str, **given: Any) -> dict[str, Any]:
+    """The suite-specific options (``--border``, ``--trials``) that ``suite`` takes; the others
+    have no effect on it (make_suite refuses options a suite does not take)."""
+    accepted = field_types(SUITES[suite])
+    return {name: value for name, value in given.items() if name in accepted}
 
 
 @click.command("evaluate")
@@ -98,7 +106,7 @@ def evaluate_command(suite: str, images: tuple[Path, ...], methods: tuple[str, .
     specs = apply_overrides(parse_methods(methods), parse_settings(overrides), steps, no_lpips)
     config = EvaluationConfig(
         suite=suite, images=tuple(images), methods=tuple(specs), generator=generator,
-        suite_options={"border": border, "trials": trials}, shifts=tuple(_split(shifts)) or None,
+        suite_options=_suite_options(suite, border=border, trials=trials), shifts=tuple(_split(shifts)) or None,
         max_images=max_images, seed=seed, use_lpips=not no_lpips, lpips_weights=lpips_weights,
         device=str(pick_device(device)))
     run_evaluation(config, out, workers=workers, threads=threads, batch_size=batch_size,

@@ -53,6 +53,7 @@ from ..errors import CheckpointError, GanInvertError
 from ..io import atomic_torch_save, save_pil, tensor_to_pil
 from ..models.discriminator import Discriminator
 from ..models.stylegan2 import StyleGAN2Generator
+from ..settings import typed_fields
 from .augment import parse_policy, diff_augment
 from .data import ImageFolder
 from .teacher import is_teacher_spec, load_teacher
@@ -131,23 +132,24 @@ class TrainConfig:
     device: str | None = None
 
     def validate(self) -> None:
-        """Raise :class:`GanInvertError` for values no run could use."""
+        """Raise :class:`GanInvertError` for values no run could use (converting each field to its
+        type first, see :mod:`ganinvert.settings`: numbers are finite, lr > 0, distill_weight >= 0)."""
+        typed_fields(self)
         if self.resolution < 8 or 2 ** int(math.log2(self.resolution)) != self.resolution:
             raise GanInvertError(f"resolution must be a power of two >= 8, got {self.resolution}")
         for name in ("steps", "batch", "style_dim", "n_mlp", "d_reg_every", "checkpoint_every",
                      "sample_every", "log_every"):
-            if int(getattr(self, name)) < 1:
+            if getattr(self, name) < 1:
                 raise GanInvertError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not 0.0 <= self.mixing_prob <= 1.0:
             raise GanInvertError(f"mixing_prob must be in [0, 1], got {self.mixing_prob}")
-        for name in ("lr", "distill_weight", "distill_mapping_lr_mul", "ema_rampup"):
-            value = getattr(self, name)
-            if not math.isfinite(value) or value < 0:
-                raise GanInvertError(f"{name} must be a finite number >= 0, got {value}")
+        for name in ("distill_mapping_lr_mul", "ema_rampup"):
+            if getattr(self, name) < 0:
+                raise GanInvertError(f"{name} must be >= 0, got {getattr(self, name)}")
         if not 0.0 <= self.distill_beta1 < 1.0:
             raise GanInvertError(f"distill_beta1 must be in [0, 1), got {self.distill_beta1}")
-        if self.r1_gamma is not None and (not math.isfinite(self.r1_gamma) or self.r1_gamma < 0):
-            raise GanInvertError(f"r1_gamma must be a finite number >= 0, got {self.r1_gamma}")
+        if self.r1_gamma is not None and self.r1_gamma < 0:
+            raise GanInvertError(f"r1_gamma must be >= 0, got {self.r1_gamma}")
         if self.distill_steps < 0:
             raise GanInvertError(f"distill_steps must be >= 0, got {self.distill_steps}")
         if self.distill_steps and not is_teacher_spec(self.data):

@@ -49,6 +49,7 @@ from ...errors import GanInvertError
 from ...tasks.geometry import affine_grid, affine_shift
 from ...models.basecode_encoder import BaseCodeEncoder, save_basecode_encoder
 from ...models.stylegan2 import FeatureEntry
+from ...settings import typed_fields
 from ...inversion.methods.feature import BDINVERT_FEATURE_BLOCK
 from .loop import InverterTrainer, register_trainer
 from .shifts import ShiftSettings
@@ -113,12 +114,9 @@ class BaseCodeSettings(ShiftSettings):
     lpips_weight: float = 0.1
 
     def __post_init__(self) -> None:
-        for name in ("lr", "feature_weight", "image_weight", "lpips_weight"):
-            value = float(getattr(self, name))
-            if not value >= 0 or value == float("inf"):
-                raise GanInvertError(f"fz-encoder setting {name} must be a finite number >= 0, got {value}")
-        if self.lr <= 0:
-            raise GanInvertError(f"fz-encoder lr must be > 0, got {self.lr}")
+        typed_fields(self)  # field types, lr > 0, the *_weight >= 0 (see ganinvert.settings)
+        if self.base_width < 1:
+            raise GanInvertError(f"fz-encoder base_width must be >= 1, got {self.base_width}")
         if self.detail_codes not in DETAIL_CODES:
             raise GanInvertError(f"fz-encoder detail_codes must be one of {', '.join(DETAIL_CODES)}, "
                                  f"got {self.detail_codes!r}")

@@ -40,14 +40,17 @@ from ...inversion.losses import lpips_input
 from ...models.hyperinverter import (E1_KIND, KIND, HyperInverter, WEncoder, load_wencoder, save_hyperinverter,
                                      save_wencoder)
 from ...models.stylegan2 import StyleGAN2Generator
+from ...settings import typed_fields
 from .loop import InverterTrainConfig, InverterTrainer, TrainingData, register_trainer
 
 
-def _check_nonnegative(settings: Any, *names: str) -> None:
-    for name in names:
-        value = getattr(settings, name)
-        if not value >= 0:
-            raise GanInvertError(f"{name} must be >= 0, got {value}")
+def _typed_with_sizes(settings: Any, *sizes: str) -> None:
+    """Convert ``settings`` to their field types (lr > 0, loss weights >= 0: see
+    :mod:`ganinvert.settings`) and check that the network sizes ``sizes`` are >= 1."""
+    typed_fields(settings)
+    for name in sizes:
+        if getattr(settings, name) < 1:
+            raise GanInvertError(f"{name} must be >= 1, got {getattr(settings, name)}")
 
 
 @dataclass
@@ -68,6 +71,9 @@ class E1Settings:
     max_width: int = 128
     hidden: int = 512
 
+    def __post_init__(self) -> None:
+        _typed_with_sizes(self, "base_width", "max_width", "hidden")
+
 
 @register_trainer
 class E1Trainer(InverterTrainer):
@@ -80,7 +86,6 @@ class E1Trainer(InverterTrainer):
                  lpips: torch.nn.Module | None) -> None:
         super().__init__(G, config, data, lpips)
         s = self.settings
-        _check_nonnegative(s, "lr", "lambda_mse", "lambda_lpips", "lambda_latent")
         self.e1 = _seeded(lambda: WEncoder.for_generator(G, base_width=s.base_width, max_width=s.max_width,
                                                          hidden=s.hidden), data.rng)
         self.modules = {"e1": self.e1}
@@ -131,6 +136,9 @@ class HyperSettings:
     max_width: int = 128
     include_torgb: bool = False
 
+    def __post_init__(self) -> None:
+        _typed_with_sizes(self, "hidden_dim", "feature_dim", "base_width", "max_width")
+
 
 @register_trainer
 class HyperTrainer(InverterTrainer):
@@ -143,7 +151,6 @@ class HyperTrainer(InverterTrainer):
                  lpips: torch.nn.Module | None) -> None:
         super().__init__(G, config, data, lpips)
         s = self.settings
-        _check_nonnegative(s, "lr", "lambda_mse", "lambda_lpips")
         e1 = load_wencoder(s.e1_path, G)
         self.net = _seeded(lambda: HyperInverter.for_generator(
             G, e1, include_torgb=s.include_torgb, base_width=s.base_width, max_width=s.max_width,

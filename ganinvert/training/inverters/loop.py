@@ -29,6 +29,7 @@ from tqdm import tqdm
 from ...errors import CheckpointError, GanInvertError
 from ...io import atomic_torch_save
 from ...models.stylegan2 import StyleGAN2Generator
+from ...settings import coerce_settings, typed_fields
 from ..data import ImageFolder
 from ..trainer import random_noise
 
@@ -117,6 +118,7 @@ class InverterTrainConfig:
     export: str | None = None
 
     def validate(self) -> None:
+        typed_fields(self)
         if self.steps <= 0 or self.batch <= 0:
             raise GanInvertError(f"steps and batch must be > 0, got {self.steps} and {self.batch}")
         if self.checkpoint_every <= 0 or self.log_every <= 0:
@@ -129,7 +131,8 @@ class InverterTrainConfig:
 class InverterTrainer:
     """Base class: subclasses build their networks in ``__init__`` and define ``train_step``.
 
-    Subclasses set ``kind``, ``Settings`` (a dataclass; presets cite their source) and implement
+    Subclasses set ``kind``, ``Settings`` (a dataclass whose fields ``--set`` fills, converted to
+    their types by :func:`ganinvert.settings.coerce_settings`; presets cite their source) and implement
     :meth:`train_step` and :meth:`export`; ``modules`` and ``optimizers`` list what a checkpoint
     saves.
     """
@@ -143,11 +146,7 @@ class InverterTrainer:
         self.config = config
         self.data = data
         self.lpips = lpips
-        try:
-            self.settings = self.Settings(**config.settings)
-        except TypeError as exc:
-            names = ", ".join(f.name for f in dataclasses.fields(self.Settings))
-            raise GanInvertError(f"bad setting for {self.kind} ({exc}); known: {names}") from exc
+        self.settings = self.Settings(**coerce_settings(self.Settings, config.settings, owner=f"inverter {self.kind}"))
         self.modules: dict[str, torch.nn.Module] = {}
         self.optimizers: dict[str, torch.optim.Optimizer] = {}
 

@@ -42,6 +42,7 @@ from ...inversion.methods.sam import ERROR_METRICS, WPLUS, SamOpt, sam_feature_b
 from ...models.encoders import generator_sha256
 from ...models.sam_predictor import InvertibilityPredictor, save_predictor
 from ...models.stylegan2 import StyleGAN2Generator
+from ...settings import typed_fields
 from ..trainer import random_noise
 from .loop import InverterTrainer, register_trainer
 from .shifts import ShiftSettings
@@ -76,12 +77,14 @@ class SamPredictorSettings(ShiftSettings):
     lr: float = 1e-3
 
     def __post_init__(self) -> None:
+        typed_fields(self)  # field types, lr > 0 (see ganinvert.settings)
         if self.images < 1 or not 0 <= self.teacher_images <= self.images:
             raise GanInvertError(f"sam-predictor needs images >= 1 and 0 <= teacher_images <= images, "
                                  f"got {self.images} and {self.teacher_images}")
         self.shifts  # validates the shift ranges
-        if self.error_steps < 1 or self.chunk < 1 or not self.lr > 0:
-            raise GanInvertError("sam-predictor needs error_steps >= 1, chunk >= 1 and lr > 0")
+        for name in ("error_steps", "chunk", "map_side", "base_width", "head_width"):
+            if getattr(self, name) < 1:
+                raise GanInvertError(f"sam-predictor needs {name} >= 1, got {getattr(self, name)}")
         if self.error_metric not in ERROR_METRICS:
             raise GanInvertError(f"error_metric must be one of {', '.join(ERROR_METRICS)}, got {self.error_metric!r}")
 
