@@ -7,8 +7,9 @@ each module pickles as a call ``torch_utils.persistence._reconstruct_persistent_
 class_name=..., state=<the module's __dict__>)``, and NVIDIA's unpickler *executes*
 ``module_src`` to rebuild the class. This reader never does: a restricted unpickler resolves only
 the globals such a file needs (tensor/storage rebuilders, ``OrderedDict``, ``set``, numpy scalars,
-``dnnlib.EasyDict``) and turns every persistent object into a plain :class:`PersistentRecord`
-(class name + state). Anything else is refused.
+``dnnlib.EasyDict``), each replaced by a wrapper that checks what it is asked to build, lets the
+state-changing opcodes act only on the containers such files use, and turns every persistent
+object into a plain :class:`PersistentRecord` (class name + state). Anything else is refused.
 
 The generator ``G_ema`` (or ``G`` when a pickle has no ``G_ema``) is then converted to the
 rosinality state-dict layout that :class:`~ganinvert.models.stylegan2.StyleGAN2Generator` loads:
@@ -72,6 +73,7 @@ import io
 import math
 import os
 import pickle
+import re
 import warnings
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -85,7 +87,7 @@ from ..errors import CheckpointError
 from .stylegan2 import StyleGAN2Generator
 
 __all__ = ["NvidiaGenerator", "PersistentRecord", "SNIFF_BYTES", "load_nvidia_records",
-           "looks_like_nvidia_pickle", "read_nvidia_pickle"]
+           "looks_like_nvidia_head", "looks_like_nvidia_pickle", "read_nvidia_pickle"]
 
 #: How many leading bytes :func:`looks_like_nvidia_pickle` inspects. The first persistent object's
 #: global reference comes before any module source text, within the first few hundred bytes.
@@ -108,13 +110,23 @@ _STYLEGAN3_CLASSES = frozenset({"SynthesisInput"})
 # ---------------------------------------------------------------------------------------------
 # Restricted unpickling
 # ---------------------------------------------------------------------------------------------
+#
+# A pickle is a program. Besides calling the globals it names (REDUCE) it can set the state of
+# any object it holds (BUILD) and call ``append``/``extend``/``__setitem__``/``add`` on it, so an
+# allow-list of names is not enough: numpy's dtype accepts a BUILD state whose fields hide object
+# members, after which ``numpy...scalar`` builds a value whose "objects" are pointers read from the
+# file (a segfault, issue #14); torch's ``_rebuild_tensor`` and ``Tensor.__setstate__`` silently
+# grow a storage to whatever range a view asks for. This reader therefore runs CPython's
+# pure-Python unpickler with those opcodes restricted to the containers network pickles use, and
+# each allowed global that builds something is a wrapper that checks its arguments first.
 
 @dataclass
 class PersistentRecord:
     """A ``torch_utils.persistence`` object as data: its class name and pickled ``__dict__``.
 
-    For ``torch.nn.Module`` subclasses ``state`` holds ``_parameters``, ``_buffers`` and
-    ``_modules`` (child records) next to the constructor's plain attributes.
+    For ``torch.nn.Module`` subclasses ``state`` holds ``_parameters`` and ``_buffers`` (name ->
+    tensor or None) and ``_modules`` (name -> child record or None), checked when the record is
+    made, next to the constructor's plain attributes.
     """
 
     class_name: str
@@ -138,14 +150,29 @@ class PersistentRecord:
         return self.params.get(name, self.buffers.get(name))
 
     def walk(self, prefix: str = "") -> Iterator[tuple[str, "PersistentRecord"]]:
-        """Yield ``(dotted name, record)`` for this record and every descendant."""
-        yield prefix, self
-        for name, child in self.modules.items():
-            yield from child.walk(f"{prefix}.{name}" if prefix else name)
+        """Yield ``(dotted name, record)`` for this record and every descendant, parents first.
+
+        Each record is visited once: a pickle may share one child among many parents, and a
+        file of shared children would otherwise have exponentially many paths.
+        """
+        stack, seen = [(prefix, self)], set()
+        while stack:
+            name, record = stack.pop()
+            if id(record) in seen:
+                continue
+            seen.add(id(record))
+            yield name, record
+            stack.extend(reversed([(f"{name}.{child_name}" if name else child_name, child)
+                                   for child_name, child in record.modules.items()]))
 
 
 class _EasyDict(dict):
     """Stand-in for ``dnnlib.EasyDict`` (a dict with attribute access): read as a plain dict."""
+
+
+#: nn.Module bookkeeping entries of a persistent object's state: what each maps names to.
+_MODULE_DICTS = (("_parameters", torch.Tensor, "tensor"), ("_buffers", torch.Tensor, "tensor"),
+                 ("_modules", PersistentRecord, "persistent network object"))
 
 
 def _persistent_record(meta: Any) -> PersistentRecord:
@@ -154,34 +181,176 @@ def _persistent_record(meta: Any) -> PersistentRecord:
     if not isinstance(meta, dict) or not isinstance(meta.get("class_name"), str) \
             or not isinstance(meta.get("state"), dict):
         raise CheckpointError("malformed persistent object (expected a dict with class_name and state)")
-    return PersistentRecord(meta["class_name"], dict(meta["state"]), meta.get("version"))
+    class_name, state = meta["class_name"], dict(meta["state"])
+    for key, kind, what in _MODULE_DICTS:
+        entries = state.get(key)
+        if entries is None:
+            continue
+        if not isinstance(entries, dict):
+            raise CheckpointError(f"{class_name}.{key} is a {type(entries).__name__}, not a dict")
+        for name, value in entries.items():
+            if not isinstance(name, str):
+                raise CheckpointError(f"{class_name}.{key} has a key of type {type(name).__name__}, not a name")
+            if value is not None and not isinstance(value, kind):
+                raise CheckpointError(f"{class_name}.{key}[{name!r}] is a {type(value).__name__}, not a {what}")
+        # A copy: later opcodes cannot change a finished record, nor make it contain itself.
+        state[key] = OrderedDict(entries)
+    return PersistentRecord(class_name, state, meta.get("version"))
 
 
-def _storage_from_bytes(data: bytes):
+def _storage_from_bytes(data: Any) -> torch.storage.TypedStorage:
     """Safe replacement of ``torch.storage._load_from_bytes`` (which calls ``torch.load`` with
     ``weights_only=False``): the storage blob is a legacy ``torch.save`` stream, read with torch's
     weights-only unpickler."""
     if not isinstance(data, (bytes, bytearray)):
         raise CheckpointError("malformed tensor storage record")
-    return torch.load(io.BytesIO(bytes(data)), map_location="cpu", weights_only=True)
+    storage = torch.load(io.BytesIO(bytes(data)), map_location="cpu", weights_only=True)
+    if not isinstance(storage, torch.storage.TypedStorage):
+        raise CheckpointError(f"tensor storage record holds a {type(storage).__name__}, not a storage")
+    return storage
+
+
+def _sizes(value: Any) -> tuple[int, ...] | None:
+    """``value`` as a tuple of non-negative ints, or None when it is anything else."""
+    if isinstance(value, tuple) and all(type(v) is int and v >= 0 for v in value):
+        return tuple(value)
+    return None
+
+
+def _empty_or_none(hooks: Any) -> bool:
+    """None or an empty dict: torch never pickles backward hooks (it writes an empty OrderedDict,
+    Note [Don't serialize hooks])."""
+    return hooks is None or (type(hooks) in (dict, OrderedDict) and not hooks)
+
+
+def _rebuild_tensor(storage: Any, storage_offset: Any, size: Any, stride: Any, requires_grad: Any = False,
+                    backward_hooks: Any = None, metadata: Any = None) -> torch.Tensor:
+    """Checked ``torch._utils._rebuild_tensor`` / ``_rebuild_tensor_v2``: a view inside its storage.
+
+    torch itself grows a storage that is too small for the view, i.e. reads uninitialised memory
+    or allocates whatever a file asks for; a view may also not hold more elements than its
+    storage (stride-0 views would multiply a few bytes into any size).
+    """
+    if not isinstance(storage, torch.storage.TypedStorage):
+        raise CheckpointError(f"tensor record has a {type(storage).__name__} where its storage should be")
+    dims, strides = _sizes(size), _sizes(stride)
+    if type(storage_offset) is not int or not 0 <= storage_offset <= storage.size() or dims is None \
+            or strides is None or len(dims) != len(strides):
+        raise CheckpointError("malformed tensor record (offset, size and stride must be non-negative integers)")
+    numel = math.prod(dims)
+    if numel and (numel > storage.size()
+                  or storage_offset + sum((n - 1) * s for n, s in zip(dims, strides)) >= storage.size()):
+        raise CheckpointError(f"tensor record of shape {dims} and strides {strides} at offset {storage_offset} "
+                              f"lies outside its storage of {storage.size()} elements")
+    if type(requires_grad) is not bool or not _empty_or_none(backward_hooks) or not _empty_or_none(metadata):
+        # Metadata (conjugate/negative-view bits) never occurs on real-valued weights: None or {} only.
+        raise CheckpointError("malformed tensor record (requires_grad, backward hooks or metadata)")
+    tensor = torch._utils._rebuild_tensor(storage, storage_offset, dims, strides)
+    return tensor.requires_grad_() if requires_grad else tensor
+
+
+def _rebuild_parameter(data: Any, requires_grad: Any, backward_hooks: Any, state: Any = None) -> torch.nn.Parameter:
+    """Checked ``torch._utils._rebuild_parameter(_with_state)``. ``state`` (Python attributes set
+    on a parameter) is dropped: the converter needs only the data, and setting attributes named
+    by a file is how objects are subverted."""
+    if not isinstance(data, torch.Tensor) or type(requires_grad) is not bool or not _empty_or_none(backward_hooks):
+        raise CheckpointError("malformed parameter record")
+    return torch.nn.Parameter(data, requires_grad)
+
+
+#: The dtypes pickled numbers use: bool, (unsigned) integer, float or complex of a given size.
+_NUMERIC_DTYPE = re.compile(r"[biufc][0-9]{1,2}")
+#: A plain dtype's BUILD state after its version (3) and byte order: no subarray, names or
+#: fields, no explicit size or alignment, no flags (numpy's ``dtype.__reduce__``).
+_PLAIN_DTYPE_STATE = (None, None, None, -1, -1, 0)
+
+
+class _NumpyDtype:
+    """What a pickled ``numpy.dtype(spec, align, copy)`` plus its BUILD state may describe: a
+    plain numeric type and its byte order. The stream never holds a real ``numpy.dtype``, whose
+    ``__setstate__`` accepts fields with hidden object members (issue #14)."""
+
+    __slots__ = ("dtype",)
+
+    def __init__(self, dtype: np.dtype) -> None:
+        self.dtype = dtype
+
+    def __setstate__(self, state: Any) -> None:
+        if not (type(state) is tuple and len(state) == 8 and type(state[0]) is int and state[0] == 3
+                and type(state[1]) is str and state[1] in ("<", ">", "|", "=")
+                and all(type(v) is type(plain) and v == plain for v, plain in zip(state[2:], _PLAIN_DTYPE_STATE))):
+            raise CheckpointError(f"numpy dtype {self.dtype.str} has a state with fields, a subarray or flags; "
+                                  "only plain numeric dtypes are accepted")
+        if state[1] in ("<", ">"):
+            self.dtype = self.dtype.newbyteorder(state[1])
+
+
+def _numpy_dtype(spec: Any, align: Any = False, copy: Any = True) -> _NumpyDtype:
+    """Replacement of ``numpy.dtype``: only the numeric types numbers are pickled with."""
+    if type(spec) is not str or not _NUMERIC_DTYPE.fullmatch(spec) or type(align) is not bool \
+            or type(copy) is not bool:
+        what = repr(spec) if type(spec) is str else f"from a {type(spec).__name__}"
+        raise CheckpointError(f"refusing numpy dtype {what[:40]}: only plain numeric dtypes are accepted")
+    try:
+        return _NumpyDtype(np.dtype(spec))
+    except TypeError:
+        raise CheckpointError(f"{spec!r} is not a numpy dtype") from None
+
+
+def _numpy_scalar(dtype: Any, data: Any) -> np.generic:
+    """Replacement of ``numpy...multiarray.scalar``: a number from exactly ``itemsize`` bytes."""
+    if not isinstance(dtype, _NumpyDtype) or type(data) is not bytes or len(data) != dtype.dtype.itemsize:
+        raise CheckpointError("malformed numpy scalar (expected a numeric dtype and its bytes)")
+    return np.frombuffer(data, dtype.dtype)[0]
+
+
+class _NdarrayClass:
+    """Stands for ``numpy.ndarray`` as the class argument of ``_reconstruct``. The real class,
+    called from a pickle, would build arrays of any size over uninitialised memory."""
+
+    __slots__ = ()
+
+
+_NDARRAY = _NdarrayClass()
+
+
+def _numpy_reconstruct(cls: Any, shape: Any, typecode: Any) -> np.ndarray:
+    """Replacement of ``numpy...multiarray._reconstruct``: the empty array numpy's ``__reduce__``
+    starts from; its BUILD state (see :func:`_array_state`) then gives it contents."""
+    if cls is not _NDARRAY or shape != (0,) or typecode not in (b"b", "b"):
+        raise CheckpointError("malformed numpy array record")
+    return np.empty(0, np.int8)
+
+
+def _array_state(state: Any) -> tuple:
+    """A pickled ndarray state ``(1, shape, dtype, is_fortran, raw bytes)`` with a plain dtype
+    and exactly the bytes its shape needs, as numpy's ``ndarray.__setstate__`` takes it."""
+    if not (type(state) is tuple and len(state) == 5 and type(state[0]) is int and state[0] == 1):
+        raise CheckpointError("malformed numpy array state")
+    _, shape, dtype, fortran, data = state
+    dims = _sizes(shape)
+    if dims is None or not isinstance(dtype, _NumpyDtype) or type(fortran) is not bool or type(data) is not bytes \
+            or math.prod(dims) * dtype.dtype.itemsize != len(data):
+        raise CheckpointError("malformed numpy array state (shape, numeric dtype and data must agree)")
+    return 1, dims, dtype.dtype, fortran, data
 
 
 def _numpy_globals() -> dict[tuple[str, str], Any]:
-    """numpy scalars/dtypes/arrays (NVIDIA stores gains such as ``1/np.sqrt(n)`` as np.float64).
+    """numpy scalars/arrays (NVIDIA stores gains such as ``1/np.sqrt(n)`` as np.float64).
 
     Pickles name numpy 1's ``numpy.core.multiarray`` or numpy 2's ``numpy._core.multiarray``;
-    both resolve to the installed module. Array and scalar contents are plain data; object
-    elements come from this same restricted stream.
+    both resolve to the same checked replacements.
     """
-    multiarray = getattr(getattr(np, "_core", None), "multiarray", None) or np.core.multiarray
-    table: dict[tuple[str, str], Any] = {("numpy", "dtype"): np.dtype, ("numpy", "ndarray"): np.ndarray}
+    table: dict[tuple[str, str], Any] = {("numpy", "dtype"): _numpy_dtype, ("numpy", "ndarray"): _NDARRAY}
     for module in ("numpy.core.multiarray", "numpy._core.multiarray"):
-        table[(module, "scalar")] = multiarray.scalar
-        table[(module, "_reconstruct")] = multiarray._reconstruct
+        table[(module, "scalar")] = _numpy_scalar
+        table[(module, "_reconstruct")] = _numpy_reconstruct
     return table
 
 
 def _allowed_globals() -> dict[tuple[str, str], Any]:
+    # OrderedDict, set, frozenset and slice are immutable built-in types: REDUCE may call them (on a
+    # tuple of stream objects); NEWOBJ and BUILD on them are refused by the unpickler.
     table: dict[tuple[str, str], Any] = {
         ("collections", "OrderedDict"): OrderedDict,
         ("builtins", "set"): set,
@@ -191,11 +360,12 @@ def _allowed_globals() -> dict[tuple[str, str], Any]:
         ("torch_utils.persistence", "_reconstruct_persistent_obj"): _persistent_record,
         ("dnnlib.util", "EasyDict"): _EasyDict,
         ("dnnlib", "EasyDict"): _EasyDict,
+        # Tensor and nn.Parameter rebuilders written by Tensor/Parameter.__reduce_ex__ (torch 1.x-2.x).
+        ("torch._utils", "_rebuild_tensor"): _rebuild_tensor,
+        ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor,
+        ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
+        ("torch._utils", "_rebuild_parameter_with_state"): _rebuild_parameter,
     }
-    # Tensor and nn.Parameter rebuilders written by Tensor/Parameter.__reduce_ex__ (torch 1.x-2.x).
-    for name in ("_rebuild_tensor", "_rebuild_tensor_v2", "_rebuild_parameter", "_rebuild_parameter_with_state"):
-        if hasattr(torch._utils, name):
-            table[("torch._utils", name)] = getattr(torch._utils, name)
     table.update(_numpy_globals())
     return table
 
@@ -204,8 +374,19 @@ class _DisallowedGlobal(CheckpointError):
     pass
 
 
-class _RestrictedUnpickler(pickle.Unpickler):
-    """Unpickler that resolves only the globals of :func:`_allowed_globals`."""
+#: Containers the state-changing opcodes may act on (NVIDIA's files use no others).
+_DICTS = (dict, OrderedDict, _EasyDict)
+
+
+class _RestrictedUnpickler(pickle._Unpickler):
+    """CPython's pure-Python unpickler with the globals of :func:`_allowed_globals` and the
+    opcodes that act on existing objects restricted:
+
+    * REDUCE calls with a tuple of arguments (as the C unpickler demands); NEWOBJ builds only
+      the EasyDict stand-in; protocol-0/1 INST/OBJ are refused;
+    * BUILD only on numpy dtypes and arrays (checked states) and on dicts (attributes);
+    * APPEND(S) only on lists, SETITEM(S) only on dicts, ADDITEMS only on sets.
+    """
 
     _allowed = _allowed_globals()
 
@@ -220,9 +401,80 @@ class _RestrictedUnpickler(pickle.Unpickler):
         raise _DisallowedGlobal(f"references {module}.{name}, which a StyleGAN network pickle never needs; "
                                 "refusing to execute arbitrary code from a pickle")
 
+    def _target(self, kinds: tuple[type, ...], opcode: str) -> Any:
+        target = self.stack[-1]
+        if type(target) not in kinds:
+            raise CheckpointError(f"applies {opcode} to a {type(target).__name__}, which a network pickle never does")
+        return target
 
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split()) or type(exc).__name__
+    def _load_reduce(self) -> None:
+        args = self.stack.pop()
+        if type(args) is not tuple:
+            raise CheckpointError("calls a function with arguments that are not a tuple")
+        self.stack[-1] = self.stack[-1](*args)
+
+    def _load_newobj(self) -> None:
+        args = self.stack.pop()
+        cls = self.stack.pop()
+        if cls is not _EasyDict or type(args) is not tuple or args:
+            raise CheckpointError(f"creates a {getattr(cls, '__name__', type(cls).__name__)} with NEWOBJ, "
+                                  "which a network pickle never does")
+        self.append(_EasyDict())
+
+    def _load_newobj_ex(self) -> None:
+        kwargs = self.stack.pop()
+        if type(kwargs) is not dict or kwargs:
+            raise CheckpointError("creates an object with keyword arguments, which a network pickle never does")
+        self._load_newobj()
+
+    def _load_instance(self) -> None:
+        raise CheckpointError("uses protocol-0/1 instance opcodes, which a network pickle never does")
+
+    def _load_build(self) -> None:
+        state = self.stack.pop()
+        target = self._target((_NumpyDtype, np.ndarray, *_DICTS), "BUILD")
+        if type(target) is _NumpyDtype:
+            target.__setstate__(state)
+        elif type(target) is np.ndarray:
+            target.__setstate__(_array_state(state))
+        elif type(state) is dict and all(type(k) is str for k in state) and type(target) is not dict:
+            target.__dict__.update(state)  # plain attributes of an OrderedDict/EasyDict: inert data
+        else:
+            raise CheckpointError(f"sets a {type(state).__name__} state on a {type(target).__name__}")
+
+    def _load_append(self) -> None:
+        value = self.stack.pop()
+        self._target((list,), "APPEND").append(value)
+
+    def _load_appends(self) -> None:
+        items = self.pop_mark()
+        self._target((list,), "APPENDS").extend(items)
+
+    def _load_setitem(self) -> None:
+        value = self.stack.pop()
+        key = self.stack.pop()
+        self._target(_DICTS, "SETITEM")[key] = value
+
+    def _load_setitems(self) -> None:
+        items = self.pop_mark()
+        target = self._target(_DICTS, "SETITEMS")
+        for i in range(0, len(items), 2):
+            target[items[i]] = items[i + 1]
+
+    def _load_additems(self) -> None:
+        items = self.pop_mark()
+        self._target((set,), "ADDITEMS").update(items)
+
+    dispatch = {**pickle._Unpickler.dispatch,
+                pickle.REDUCE[0]: _load_reduce, pickle.NEWOBJ[0]: _load_newobj,
+                pickle.NEWOBJ_EX[0]: _load_newobj_ex, pickle.INST[0]: _load_instance,
+                pickle.OBJ[0]: _load_instance, pickle.BUILD[0]: _load_build, pickle.APPEND[0]: _load_append,
+                pickle.APPENDS[0]: _load_appends, pickle.SETITEM[0]: _load_setitem,
+                pickle.SETITEMS[0]: _load_setitems, pickle.ADDITEMS[0]: _load_additems}
+
+
+def _one_line(exc: BaseException, limit: int = 200) -> str:
+    return (" ".join(str(exc).split()) or type(exc).__name__)[:limit]
 
 
 def load_nvidia_records(path: str | os.PathLike) -> Any:
@@ -232,8 +484,8 @@ def load_nvidia_records(path: str | os.PathLike) -> Any:
     persistent network object as a :class:`PersistentRecord`.
 
     Raises:
-        CheckpointError: the file is missing, not a pickle, truncated/corrupt, or references a
-            global outside the allow-list.
+        CheckpointError: the file is missing, not a pickle, truncated/corrupt, references a
+            global outside the allow-list, or uses an allowed one in a way network pickles never do.
     """
     path = Path(path)
     try:
@@ -261,19 +513,23 @@ def load_nvidia_records(path: str | os.PathLike) -> Any:
             raise CheckpointError(f"{path} is truncated or corrupt ({type(exc).__name__}: {_one_line(exc)})") from None
 
 
-def looks_like_nvidia_pickle(path: str | os.PathLike) -> bool:
-    """Cheap content test: a pickle (protocol 2-5 header), not ``torch.save``'s legacy format,
-    that names ``torch_utils.persistence`` (or TensorFlow's ``dnnlib.tflib``) in its first
-    :data:`SNIFF_BYTES` bytes. A ``torch.save`` zip starts with ``PK`` and never matches.
+def looks_like_nvidia_head(head: bytes) -> bool:
+    """Cheap content test on a file's first :data:`SNIFF_BYTES` bytes: a pickle (protocol 2-5
+    header), not ``torch.save``'s legacy format, that names ``torch_utils.persistence`` (or
+    TensorFlow's ``dnnlib.tflib``). A ``torch.save`` zip starts with ``PK`` and never matches.
     """
-    try:
-        with open(path, "rb") as f:
-            head = f.read(SNIFF_BYTES)
-    except OSError:
-        return False
     return (len(head) >= 2 and head[0] == pickle.PROTO[0] and 2 <= head[1] <= 5
             and not head.startswith(_LEGACY_TORCH_MAGIC)
             and any(marker in head for marker in _NVIDIA_MARKERS))
+
+
+def looks_like_nvidia_pickle(path: str | os.PathLike) -> bool:
+    """:func:`looks_like_nvidia_head` of the file at ``path`` (False when it cannot be read)."""
+    try:
+        with open(path, "rb") as f:
+            return looks_like_nvidia_head(f.read(SNIFF_BYTES))
+    except OSError:
+        return False
 
 
 # ---------------------------------------------------------------------------------------------
@@ -339,6 +595,9 @@ def read_nvidia_pickle(path: str | os.PathLike) -> NvidiaGenerator:
         return _GeneratorConverter(record, source).convert()
     except CheckpointError as exc:
         raise CheckpointError(f"{path}: {exc}") from None
+    except (TypeError, ValueError, AttributeError, KeyError, IndexError, RuntimeError, OverflowError) as exc:
+        # Record attributes are untrusted data of any type (an array where a flag belongs, ...).
+        raise CheckpointError(f"{path}: malformed {source} record ({type(exc).__name__}: {_one_line(exc)})") from None
 
 
 def _as_float(value: Any) -> float | None:
@@ -415,6 +674,8 @@ class _GeneratorConverter:
                 raise CheckpointError(f"{where} stores neither bias_gain nor weight_gain; "
                                       "cannot tell its learning-rate multiplier")
             lr = gain * math.sqrt(in_dim)
+        if not (math.isfinite(lr) and lr > 0):
+            raise CheckpointError(f"{where} has learning-rate multiplier {lr}; expected a positive finite number")
         if not math.isclose(lr, target_lr, rel_tol=1e-6):
             # Effective weight is weight * lr / sqrt(in) in both codes: fold the ratio into the tensors.
             weight, bias = weight * (lr / target_lr), bias * (lr / target_lr)
