@@ -8,15 +8,18 @@ Resize policy (``fit``) when an image is not already at the generator's resoluti
 
 Modes: 1/L/LA/P/RGBA/CMYK/I;16/I/F images become RGB; alpha is composited over white;
 16-bit and 32-bit images are rescaled from their full range to 8 bits; EXIF orientation is
-applied first.
+applied first. A float image with NaN or infinite pixels is refused; of a multi-frame file (an
+animated GIF, a multi-page TIFF) the first frame is read, with a warning.
 """
 
 from __future__ import annotations
 
 import io
 import json
+import math
 import os
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -51,8 +54,21 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     _atomic_write(path, lambda fh: fh.write(data))
 
 
+def _finite_or_null(obj: Any) -> Any:
+    """``obj`` with every NaN or infinite float replaced by None (JSON has no NaN: ``null`` stands for it)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite_or_null(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite_or_null(v) for v in obj]
+    return obj
+
+
 def atomic_write_json(path: Path, obj: Any) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())
+    """Write valid JSON: non-finite floats become ``null`` (a bare ``NaN`` is not JSON)."""
+    text = json.dumps(_finite_or_null(obj), indent=2, sort_keys=False, allow_nan=False)
+    atomic_write_bytes(path, (text + "\n").encode())
 
 
 def atomic_torch_save(obj: Any, path: Path) -> None:
@@ -63,6 +79,8 @@ def atomic_torch_save(obj: Any, path: Path) -> None:
 def _to_rgb(img: Image.Image) -> Image.Image:
     if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
         arr = np.asarray(img, dtype=np.float64)
+        if not np.isfinite(arr).all():  # min/max would be NaN and the image silently black
+            raise ImageError("it has NaN or infinite pixel values")
         lo, hi = float(arr.min()), float(arr.max())
         if img.mode.startswith("I;16"):
             lo, hi = 0.0, 65535.0
@@ -107,6 +125,10 @@ def load_image(path: str | Path, size: int | None = None, fit: str = "crop") -> 
         raise ImageError(f"image not found: {path}")
     try:
         with Image.open(path) as opened:
+            frames = getattr(opened, "n_frames", 1)
+            if frames > 1:
+                warnings.warn(f"{path} has {frames} frames (animated or multi-page); using the first",
+                              UserWarning, stacklevel=2)
             opened.load()
             img = ImageOps.exif_transpose(opened)
             img = _to_rgb(img)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -172,6 +173,24 @@ def test_decompression_bomb_is_refused(tmp_path, monkeypatch):
         load_image(tmp_path / "big.png")
 
 
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_float_image_with_non_finite_pixels_is_refused(tmp_path, bad):
+    arr = np.linspace(0, 1, 16, dtype=np.float32).reshape(4, 4)
+    arr[1, 2] = bad
+    Image.fromarray(arr).save(tmp_path / "f.tif")  # float32 -> mode F
+    with pytest.raises(ImageError, match="NaN or infinite pixel values") as info:
+        load_image(tmp_path / "f.tif")
+    assert "\n" not in str(info.value) and "f.tif" in str(info.value)
+
+
+def test_animated_gif_warns_and_uses_the_first_frame(tmp_path):
+    frames = [Image.fromarray(np.full((4, 4, 3), v, np.uint8)) for v in (10, 200, 90)]
+    frames[0].save(tmp_path / "anim.gif", save_all=True, append_images=frames[1:], duration=50, loop=0)
+    with pytest.warns(UserWarning, match=r"anim\.gif has 3 frames .*using the first"):
+        t = load_image(tmp_path / "anim.gif")
+    assert as_uint8(t)[0, 0].tolist() == [10, 10, 10]
+
+
 def test_missing_image(tmp_path):
     with pytest.raises(ImageError, match="not found"):
         load_image(tmp_path / "nope.png")
@@ -215,6 +234,17 @@ def test_atomic_writes_leave_only_the_target(tmp_path):
     assert sorted(os.listdir(tmp_path / "sub")) == ["a.bin", "b.json", "c.pt", "d.png"]
     assert (tmp_path / "sub" / "a.bin").read_bytes() == b"123"
     assert torch.equal(torch.load(tmp_path / "sub" / "c.pt")["t"], torch.ones(2))
+
+
+def test_json_writer_writes_null_for_non_finite_floats(tmp_path):
+    atomic_write_json(tmp_path / "e.json", {"frames": [{"alpha": 1.0, "rmse": float("nan")}],
+                                            "pair": (float("inf"), -float("inf")), "n": np.float64("nan"), "k": 2})
+
+    def refuse(name):
+        raise AssertionError(f"{name} is not JSON")
+
+    back = json.loads((tmp_path / "e.json").read_text(), parse_constant=refuse)
+    assert back == {"frames": [{"alpha": 1.0, "rmse": None}], "pair": [None, None], "n": None, "k": 2}
 
 
 def test_failed_atomic_write_keeps_the_old_file_and_no_temp(tmp_path):

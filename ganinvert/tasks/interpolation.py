@@ -29,6 +29,7 @@ from typing import Any, Sequence
 
 import torch
 
+from ..checks import check_finite
 from ..errors import GanInvertError
 from ..inversion.methods.base import SynthesisInputs
 from ..inversion.result import InversionResult
@@ -124,4 +125,5 @@ def interpolate(G: StyleGAN2Generator, result_a: InversionResult, result_b: Inve
     check_compatible(result_a, result_b)
     inputs_a, inputs_b = result_a.inputs(G), result_b.inputs(G)
     times = torch.linspace(0, 1, steps).tolist()
-    return torch.stack([interpolate_inputs(G, inputs_a, inputs_b, t).render(G) for t in times])
+    frames = torch.stack([interpolate_inputs(G, inputs_a, inputs_b, t).render(G) for t in times])
+    return check_finite(frames, f"the interpolation of these {result_a.method} results")

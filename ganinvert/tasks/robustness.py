@@ -16,6 +16,7 @@ from typing import Sequence
 
 import torch
 
+from ..checks import check_finite, check_seed
 from ..inversion.result import InversionResult
 from ..io import atomic_write_bytes
 from ..metrics import psnr, ssim
@@ -27,17 +28,17 @@ def latent_robustness(G: StyleGAN2Generator, result: InversionResult, snr_db: Se
                       trials: int = 8, seed: int = 0, lpips: torch.nn.Module | None = None) -> list[dict]:
     """One row per (image, SNR level, trial) with ``psnr``, ``ssim`` and (if given) ``lpips`` to the clean render."""
     inputs = result.inputs(G)
-    clean = inputs.render(G)
+    clean = check_finite(inputs.render(G), f"the render of this {result.method} result")
     ws = inputs.ws
     power = ws.square().reshape(ws.shape[0], -1).mean(1)
-    g = torch.Generator().manual_seed(seed)
+    g = torch.Generator().manual_seed(check_seed(seed))
     rows = []
     for level in snr_db:
         sigma = (power / 10 ** (level / 10)).sqrt()
         for trial in range(trials):
             noise = torch.randn(ws.shape, generator=g).to(ws)
             inputs.ws = ws + sigma[:, None, None] * noise
-            noisy = inputs.render(G)
+            noisy = check_finite(inputs.render(G), f"the render at {level:g} dB SNR")
             scores = {"psnr": psnr(noisy, clean), "ssim": ssim(noisy, clean)}
             if lpips is not None:
                 scores["lpips"] = lpips(noisy, clean)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -103,3 +104,10 @@ def test_saved_results_interpolate_like_fresh_ones(tmp_path: Path, G, pair) -> N
     fresh = interpolate(G, a, b, 3)
     loaded = interpolate(G, InversionResult.load(a.save(tmp_path / "a")), InversionResult.load(b.save(tmp_path / "b")), 3)
     assert torch.equal(fresh, loaded)
+
+
+def test_interpolation_of_a_non_finite_result_raises(G, pair) -> None:
+    a, b = pair("w+")
+    broken = dataclasses.replace(b, params={"latent": b.params["latent"] * float("nan")})
+    with pytest.raises(GanInvertError, match="interpolation of these w\\+ results contains NaN"):
+        interpolate(G, a, broken, 3)
