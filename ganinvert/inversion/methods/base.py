@@ -25,6 +25,8 @@ import torch
 
 from ...checks import check_finite, check_shape
 from ...errors import GanInvertError
+from ...models.hyperinverter import load_wencoder
+from ...models.mapping_statistics import cached_statistic
 from ...models.stylegan2 import FeatureEntry, StyleGAN2Generator
 from ...settings import replace_typed, typed_fields
 
@@ -51,10 +53,12 @@ class SynthesisInputs:
         return dataclasses.replace(
             self, ws=self.ws.to(dtype), noise=None if self.noise is None else [cast(t) for t in self.noise],
             const=cast(self.const),
-            feature_entry=None if entry is None else FeatureEntry(entry.block, entry.features.to(dtype), cast(entry.rgb)),
+            feature_entry=None if entry is None else FeatureEntry(entry.block, entry.features.to(dtype),
+                                                                  cast(entry.rgb)),
             feature_residuals=None if self.feature_residuals is None else {
                 k: v.to(dtype) for k, v in self.feature_residuals.items()},
-            weight_deltas=None if self.weight_deltas is None else {k: v.to(dtype) for k, v in self.weight_deltas.items()})
+            weight_deltas=None if self.weight_deltas is None else {
+                k: v.to(dtype) for k, v in self.weight_deltas.items()})
 
     def render(self, G: StyleGAN2Generator, impl: str = "fast") -> torch.Tensor:
         """The image, float32 whatever G's precision (a reduced-precision G gets the inputs in its type)."""
@@ -295,6 +299,24 @@ def editable_layers(G: StyleGAN2Generator, live: Sequence[int], layers: Sequence
     if bad:
         raise GanInvertError(f"edit layers {bad} are out of range 0..{G.num_ws - 1}")
     return sorted(set(live) & {int(i) for i in layers})
+
+
+#: Where w-based codes start: G's mean w, or a trained HyperInverter phase-I encoder's w of the image.
+INITS = ("w_avg", "encoder")
+
+
+def check_init(init: str) -> None:
+    if init not in INITS:
+        raise GanInvertError(f"init must be one of {', '.join(INITS)}, got {init!r}")
+
+
+def encoder_start(ctx: InversionContext, spec: str, method: str) -> torch.Tensor:
+    """(N, style_dim): the w a ``hyperinverter-e1`` network (``spec``: a file, or "default" for the
+    bundled one) predicts for the image, the start of ``init="encoder"`` (loaded once per G)."""
+    image = ctx.require_image(method)
+    encoder = cached_statistic(ctx.G, ("hyperinverter-e1", str(spec)), lambda: load_wencoder(spec, ctx.G))
+    with torch.no_grad():
+        return encoder(image.clamp(-1, 1))
 
 
 @dataclass

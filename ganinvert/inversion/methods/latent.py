@@ -20,10 +20,11 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from ...errors import GanInvertError
 from ...models.mapping_statistics import cached_statistic, mapped_latents
 from ...models.stylegan2 import StyleGAN2Generator
-from .base import (InversionContext, Method, MethodSettings, ParamGroup, Params, Preset, Stage, SynthesisInputs, frozen_noise,
-                   gather_noise, noise_names, randn, register)
+from .base import (InversionContext, Method, MethodSettings, ParamGroup, Params, Preset, Stage, SynthesisInputs,
+                   check_init, encoder_start, frozen_noise, gather_noise, noise_names, randn, register)
 
 PNORM_SAMPLES = 10_000
 
@@ -35,6 +36,9 @@ class LatentSettings(MethodSettings):
         noise_lr: learning rate of the noise maps B.
         content_lr: learning rate of the content tensor S.
         pnorm_weight: weight of the P-norm+ regulariser (w spaces only; 0 = off).
+        init: where w and w+ start: "w_avg" (Image2StyleGAN) or "encoder", the w that
+            ``init_encoder`` (a trained ``hyperinverter-e1`` network, "default" = the bundled one)
+            predicts for the image, so fewer steps reach the same quality.
     """
 
     steps: int = 1000
@@ -42,6 +46,12 @@ class LatentSettings(MethodSettings):
     noise_lr: float = 0.01
     content_lr: float = 0.01
     pnorm_weight: float = 0.0
+    init: str = "w_avg"
+    init_encoder: str = "default"
+
+    def validate(self) -> None:
+        super().validate()
+        check_init(self.init)
 
 
 class PNormStatistics:
@@ -90,10 +100,14 @@ class LatentMethod(Method):
     def init_params(self, ctx: InversionContext) -> Params:
         G, rngs = ctx.G, ctx.rngs
         n, device = len(rngs), G.w_avg.device
+        if self.settings.init == "encoder" and self.space not in ("w", "w+"):
+            raise GanInvertError(f"method {self.name} optimises z codes; init=encoder starts w codes only")
+        start = (encoder_start(ctx, self.settings.init_encoder, self.name) if self.settings.init == "encoder"
+                 else G.w_avg.expand(n, -1))
         if self.space == "w":
-            latent = G.w_avg.expand(n, -1).clone()
+            latent = start.clone()
         elif self.space == "w+":
-            latent = G.w_avg.expand(n, G.num_ws, -1).clone()
+            latent = G.broadcast(start).clone()
         elif self.space == "z":
             latent = randn(rngs, (G.style_dim,), device)
         else:

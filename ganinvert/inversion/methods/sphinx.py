@@ -33,7 +33,7 @@ from ...models.ops import fused_leaky_relu
 from ...models.stylegan2 import StyleGAN2Generator
 from ..schedules import get_schedule
 from .base import (InversionContext, Method, MethodSettings, ParamGroup, Params, Preset, Stage, SynthesisInputs,
-                   gather_noise, noise_names, rand, randn, register)
+                   check_init, encoder_start, gather_noise, noise_names, rand, randn, register)
 
 
 @dataclass
@@ -47,6 +47,9 @@ class SphinxSettings(MethodSettings):
         activation: "first" (ReLU after the first layer of encoder and decoders only, as the
             authors' code) or "all" (ReLU after every hidden layer).
         content_input: channels of the Gaussian Pc input; content_widths: Pc conv widths (last "C").
+        init: "w_avg" (the authors' randomly initialised heads) or "encoder": Ps's output bias is
+            shifted so the stored draw maps to the w that ``init_encoder`` (a ``hyperinverter-e1``
+            network, "default" = the bundled one) predicts for the image.
     """
 
     steps: int = 5000
@@ -63,9 +66,12 @@ class SphinxSettings(MethodSettings):
     activation: str = "first"
     content_input: str = "8"
     content_widths: tuple[str, ...] = ("32", "128", "C")
+    init: str = "w_avg"
+    init_encoder: str = "default"
 
     def validate(self) -> None:
         super().validate()
+        check_init(self.init)
         get_schedule(self.schedule)  # raises GanInvertError naming the known schedules
         if self.activation not in ("first", "all"):
             raise GanInvertError(f"activation must be 'first' or 'all', got {self.activation!r}")
@@ -167,6 +173,11 @@ class Sphinx(Method):
         params["render_z"] = randn(rngs, (G.num_ws, G.style_dim), device)
         if self.settings.content:
             params["render_content_z"] = randn(rngs, (con[0], 4, 4), device)
+        if self.settings.init == "encoder":
+            # Shift Ps's output bias so the head maps the stored draw to the encoder's w at every layer.
+            w = encoder_start(ctx, self.settings.init_encoder, self.name)
+            with torch.no_grad():
+                params[f"ps.dec.{len(dec) - 2}.bias"] += G.broadcast(w) - self.style_head(params, params["render_z"])
         return params
 
     # -- heads --------------------------------------------------------------------------------
