@@ -9,6 +9,7 @@ every layer applies to tensors, numbers and seeds, each raising a one-line
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Any
 
 import torch
@@ -62,7 +63,8 @@ def check_number(value: Any, name: str, *, minimum: float | None = None, exclusi
 
 
 def check_seed(seed: Any, name: str = "seed") -> int:
+    """``seed`` as an int, if it is an integer (Python or NumPy) that ``torch.Generator`` accepts."""
     low, high = SEED_RANGE
-    if isinstance(seed, bool) or not isinstance(seed, int) or not low <= seed <= high:
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not low <= seed <= high:
         raise GanInvertError(f"{name} must be an integer in [{low}, 2**63 - 1], got {seed!r}")
-    return seed
+    return int(seed)

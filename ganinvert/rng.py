@@ -12,7 +12,7 @@ from enum import IntEnum
 import numpy as np
 import torch
 
-from .errors import GanInvertError
+from .checks import check_seed
 
 
 class RandomStream(IntEnum):
@@ -22,13 +22,6 @@ class RandomStream(IntEnum):
     COMPRESSED_SENSING = 1
     BOX_MASK = 2
     RANDOM_MASK = 3
-
-
-def check_seed(seed: int) -> int:
-    """Return ``seed`` if it is a non-negative integer, else raise :class:`GanInvertError`."""
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise GanInvertError(f"seed must be a non-negative integer, got {seed!r}")
-    return int(seed)
 
 
 def seeded_generator(seed: int, stream: RandomStream) -> torch.Generator:
