@@ -18,13 +18,14 @@ The engine (:mod:`ganinvert.inversion.engine`) owns the loop; nothing here loops
 from __future__ import annotations
 
 import dataclasses
+import functools
 from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar, Sequence
 
 import torch
 
 from ...checks import check_finite, check_shape
-from ...errors import GanInvertError
+from ...errors import GanInvertError, WeightsNotFoundError
 from ...models.hyperinverter import load_wencoder
 from ...models.mapping_statistics import cached_statistic
 from ...models.stylegan2 import FeatureEntry, StyleGAN2Generator
@@ -299,6 +300,24 @@ def editable_layers(G: StyleGAN2Generator, live: Sequence[int], layers: Sequence
     if bad:
         raise GanInvertError(f"edit layers {bad} are out of range 0..{G.num_ws - 1}")
     return sorted(set(live) & {int(i) for i in layers})
+
+
+def context_lpips(ctx: InversionContext, weights: str | None, needed_for: str) -> torch.nn.Module:
+    """The engine's LPIPS module, else one loaded once per process from ``weights`` (a method setting,
+    for LPIPS-based terms of a run whose loss has none); ``needed_for`` completes the error message."""
+    if ctx.lpips is not None:
+        return ctx.lpips.to(ctx.device)
+    try:
+        return _lpips_from(weights).to(ctx.device)
+    except WeightsNotFoundError:
+        raise WeightsNotFoundError(f"{needed_for} needs LPIPS weights: set lpips_weights=PATH (--set) or "
+                                   "$GANINVERT_LPIPS_WEIGHTS") from None
+
+
+@functools.lru_cache(maxsize=4)
+def _lpips_from(weights: str | None) -> torch.nn.Module:
+    from ...metrics import LPIPS
+    return LPIPS(weights=weights)
 
 
 #: Where w-based codes start: G's mean w, or a trained HyperInverter phase-I encoder's w of the image.

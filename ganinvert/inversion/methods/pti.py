@@ -69,12 +69,12 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-from ...errors import GanInvertError, WeightsNotFoundError
+from ...errors import GanInvertError
 from ...models.mapping_statistics import cached_statistic, mapped_latents
 from ...models.stylegan2 import StyleGAN2Generator
 from ..losses import lpips_input
-from .base import (InversionContext, Method, MethodSettings, ParamGroup, Params, Preset, Stage, SynthesisInputs, gather_noise,
-                   noise_names, randn, register)
+from .base import (InversionContext, Method, MethodSettings, ParamGroup, Params, Preset, Stage, SynthesisInputs,
+                   context_lpips, gather_noise, noise_names, randn, register)
 
 DELTA_PREFIX = "delta."
 CONST_DELTA = "delta.const"
@@ -213,7 +213,6 @@ class PTI(Method):
 
     def __init__(self, settings: MethodSettings | None = None) -> None:
         super().__init__(settings)
-        self._own_lpips: torch.nn.Module | None = None  # from settings.lpips_weights when the engine has none
 
     # -- structure --------------------------------------------------------------------------
     def delta_names(self, G: StyleGAN2Generator) -> tuple[str, ...]:
@@ -321,23 +320,10 @@ class PTI(Method):
             if s.locality_lambda_mse:
                 total = total + s.locality_lambda_mse * (tuned - original).square().flatten(1).mean(1)
             if s.locality_lambda_lpips:
-                distance = self._perceptual(ctx, tuned)(lpips_input(original), lpips_input(tuned))
+                lpips = context_lpips(ctx, s.lpips_weights, "pti's locality regulariser (or locality_lambda_lpips=0)")
+                distance = lpips(lpips_input(original), lpips_input(tuned))
                 total = total + s.locality_lambda_lpips * distance
         return total / len(locality_ws)
-
-    def _perceptual(self, ctx: InversionContext, like: torch.Tensor) -> torch.nn.Module:
-        """The engine's LPIPS, else one loaded once from ``settings.lpips_weights``."""
-        if ctx.lpips is not None:
-            return ctx.lpips.to(like.device)
-        if self._own_lpips is None:
-            from ...metrics import LPIPS
-            try:
-                self._own_lpips = LPIPS(weights=self.settings.lpips_weights)
-            except WeightsNotFoundError:
-                raise WeightsNotFoundError(
-                    "pti's locality regulariser needs LPIPS weights: set lpips_weights=PATH (--set) or "
-                    "$GANINVERT_LPIPS_WEIGHTS, or locality_lambda_lpips=0") from None
-        return self._own_lpips.to(like.device)
 
     @torch.no_grad()
     def project(self, ctx: InversionContext, params: Params) -> None:

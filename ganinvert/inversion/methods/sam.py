@@ -80,7 +80,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from ...errors import GanInvertError, WeightsNotFoundError
+from ...errors import GanInvertError
 from ...models.encoders import optional_network_path
 from ...models.sam_predictor import (KIND as PREDICTOR_KIND, InvertibilityPredictor, load_predictor,
                                      predict_label_map, select_spaces)
@@ -88,7 +88,7 @@ from ...models.mapping_statistics import cached_statistic, mapped_latents
 from ...models.stylegan2 import StyleGAN2Generator
 from ..losses import lpips_input
 from .base import (InversionContext, Method, MethodSettings, ParamGroup, Params, Preset, Stage, SynthesisInputs,
-                   register)
+                   context_lpips, register)
 
 #: Blocks of SAM's F4, F6, F8, F10 (16-128 px); see the module docstring.
 SAM_BLOCKS = (2, 3, 4, 5)
@@ -268,7 +268,6 @@ class SamOpt(Method):
     def __init__(self, settings: MethodSettings | None = None) -> None:
         super().__init__(settings)
         self._predictors: dict[Path, InvertibilityPredictor] = {}
-        self._own_lpips: torch.nn.Module | None = None  # from settings.lpips_weights when the engine has none
 
     # -- structure --------------------------------------------------------------------------
     def blocks(self, G: StyleGAN2Generator) -> tuple[int, ...]:
@@ -387,25 +386,13 @@ class SamOpt(Method):
         rec = self._probe_inputs(params, space).render(ctx.G)
         target = ctx.require_image(self.name).to(rec.device)
         if self.settings.error_metric == "lpips":
-            error = self._perceptual(ctx)(lpips_input(rec), lpips_input(target), spatial=True)
+            lpips = context_lpips(ctx, self.settings.lpips_weights, "sam-opt's automatic invertibility map "
+                                  "(or error_metric=mse, or a label map as mask_path)")
+            error = lpips(lpips_input(rec), lpips_input(target), spatial=True)
         else:
             error = (rec - target).square().mean(1, keepdim=True)
         regions = self.settings.regions
         return F.adaptive_avg_pool2d(error, (regions, regions))
-
-    def _perceptual(self, ctx: InversionContext) -> torch.nn.Module:
-        """The engine's LPIPS, else one loaded once from ``settings.lpips_weights``."""
-        if ctx.lpips is not None:
-            return ctx.lpips.to(ctx.device)
-        if self._own_lpips is None:
-            from ...metrics import LPIPS
-            try:
-                self._own_lpips = LPIPS(weights=self.settings.lpips_weights)
-            except WeightsNotFoundError:
-                raise WeightsNotFoundError(
-                    "sam-opt's automatic invertibility map needs LPIPS weights: set lpips_weights=PATH (--set) "
-                    "or $GANINVERT_LPIPS_WEIGHTS, or error_metric=mse, or give mask_path") from None
-        return self._own_lpips.to(ctx.device)
 
     # -- rendering ----------------------------------------------------------------------------
     def _stage_space(self, ctx: InversionContext) -> str | None:
