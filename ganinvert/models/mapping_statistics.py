@@ -31,6 +31,21 @@ def mapped_latents(G: StyleGAN2Generator, samples: int, seed: int = 0, chunk: in
                       for start in range(0, samples, chunk)])
 
 
+def w_spread(G: StyleGAN2Generator, samples: int, seed: int = 0) -> float:
+    """The StyleGAN2 projectors' ``w_std``: root mean squared distance of mapped samples from their
+    mean, ``sqrt(sum ||w - mean||^2 / samples)`` (cached)."""
+    def build() -> float:
+        w = mapped_latents(G, samples, seed)
+        return float((w - w.mean(0)).square().sum() / samples) ** 0.5
+    return cached_statistic(G, ("w-spread", samples, seed), build)
+
+
+def mapped_mean(G: StyleGAN2Generator, samples: int, seed: int = 0) -> torch.Tensor:
+    """(style_dim,) mean of ``samples`` mapped latents (the projectors' start, not the checkpoint's
+    ``latent_avg``), cached."""
+    return cached_statistic(G, ("w-mean", samples, seed), lambda: mapped_latents(G, samples, seed).mean(0))
+
+
 def cached_statistic(G: StyleGAN2Generator, key: Hashable, build: Callable[[], T]) -> T:
     """``build()``, computed once per generator, ``key``, and G's device and dtype."""
     cache: dict[Any, Any] = G.__dict__.setdefault(_CACHE_ATTRIBUTE, {})

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar, Sequence
 
 import torch
+import torch.nn.functional as F
 
 from ...checks import check_finite, check_shape
 from ...errors import GanInvertError, WeightsNotFoundError
@@ -300,6 +301,20 @@ def editable_layers(G: StyleGAN2Generator, live: Sequence[int], layers: Sequence
     if bad:
         raise GanInvertError(f"edit layers {bad} are out of range 0..{G.num_ws - 1}")
     return sorted(set(live) & {int(i) for i in layers})
+
+
+def noise_autocorrelation(noise: Sequence[torch.Tensor]) -> torch.Tensor:
+    """StyleGAN2's noise regulariser per image: squared autocorrelation at shift 1 along both axes,
+    over a pyramid of 2x average-pooled maps down to 8 px (N,)."""
+    total = noise[0].new_zeros(noise[0].shape[0])
+    for n in noise:
+        while True:
+            total = total + (n * torch.roll(n, shifts=1, dims=3)).mean((1, 2, 3)).square()
+            total = total + (n * torch.roll(n, shifts=1, dims=2)).mean((1, 2, 3)).square()
+            if n.shape[2] <= 8:
+                break
+            n = F.avg_pool2d(n, kernel_size=2)
+    return total
 
 
 def context_lpips(ctx: InversionContext, weights: str | None, needed_for: str) -> torch.nn.Module:

@@ -11,6 +11,13 @@ The P-norm+ regulariser (Zhu et al., "Improved StyleGAN Embedding: Where are the
 2020) is an option of the w-space methods: w is mapped back through the last mapping
 activation (``LeakyReLU(5)``), PCA-whitened with statistics of 10 000 mapping samples, and its
 mean squared norm is penalised with weight ``pnorm_weight``.
+
+The StyleGAN2 projector (rosinality/stylegan2-pytorch ``projector.py``) is the ``wb`` method (or
+``w+b`` for its ``--w_plus``) with the ``rosinality-projector`` preset: w starts at the mean of
+10 000 mapped samples, the noise maps at N(0, I); both share one Adam group (lr 0.1,
+``get_lr``'s ramp-up / cosine ramp-down); w gets Gaussian noise of ``w_std * 0.05 * max(0, 1 -
+t / 0.75)^2`` every step; the loss adds ``1e5 *`` the noise autocorrelation, and every noise map
+is renormalised after each step.
 """
 
 from __future__ import annotations
@@ -21,12 +28,17 @@ import torch
 import torch.nn.functional as F
 
 from ...errors import GanInvertError
-from ...models.mapping_statistics import cached_statistic, mapped_latents
+from ...models.mapping_statistics import cached_statistic, mapped_latents, mapped_mean, w_spread
+from ..schedules import get_schedule
 from ...models.stylegan2 import StyleGAN2Generator
 from .base import (InversionContext, Method, MethodSettings, ParamGroup, Params, Preset, Stage, SynthesisInputs,
-                   check_init, encoder_start, frozen_noise, gather_noise, noise_names, randn, register)
+                   check_init, encoder_start, frozen_noise, gather_noise, noise_autocorrelation, noise_names, randn,
+                   register)
 
 PNORM_SAMPLES = 10_000
+NOISE_INITS = ("generator", "normal")
+#: projector.py: ``n_mean_latent = 10000`` mapped samples give the start and w_std.
+PROJECTOR_SAMPLES = 10_000
 
 
 @dataclass
@@ -36,9 +48,18 @@ class LatentSettings(MethodSettings):
         noise_lr: learning rate of the noise maps B.
         content_lr: learning rate of the content tensor S.
         pnorm_weight: weight of the P-norm+ regulariser (w spaces only; 0 = off).
-        init: where w and w+ start: "w_avg" (Image2StyleGAN) or "encoder", the w that
+        init: where w and w+ start: "w_avg" (Image2StyleGAN), "sample-mean" (the mean of 10 000
+            mapped samples, the projector's ``latent_mean``) or "encoder", the w that
             ``init_encoder`` (a trained ``hyperinverter-e1`` network, "default" = the bundled one)
             predicts for the image, so fewer steps reach the same quality.
+        schedule: LR schedule of the latent and noise groups.
+        noise_init: where optimised noise maps start: "generator" (G's stored maps) or "normal"
+            (fresh N(0, I) draws, the projector's ``normal_()``).
+        noise_regularize_weight: weight of the noise maps' autocorrelation (StyleGAN2 projector).
+        w_noise_factor, w_noise_ramp: Gaussian noise added to w each step, with std
+            ``w_std * w_noise_factor * max(0, 1 - t / w_noise_ramp)^2`` (t = step / steps).
+        normalise_noise: renormalise each noise map to zero mean and unit (unbiased) std after
+            every step (the projector's ``noise_normalize_``).
     """
 
     steps: int = 1000
@@ -48,10 +69,22 @@ class LatentSettings(MethodSettings):
     pnorm_weight: float = 0.0
     init: str = "w_avg"
     init_encoder: str = "default"
+    schedule: str = "constant"
+    noise_init: str = "generator"
+    noise_regularize_weight: float = 0.0
+    w_noise_factor: float = 0.0
+    w_noise_ramp: float = 0.75
+    normalise_noise: bool = False
 
     def validate(self) -> None:
         super().validate()
-        check_init(self.init)
+        if self.init != "sample-mean":
+            check_init(self.init)
+        get_schedule(self.schedule)
+        if self.noise_init not in NOISE_INITS:
+            raise GanInvertError(f"noise_init must be one of {', '.join(NOISE_INITS)}, got {self.noise_init!r}")
+        if self.w_noise_ramp <= 0:
+            raise GanInvertError(f"w_noise_ramp must be > 0, got {self.w_noise_ramp}")
 
 
 class PNormStatistics:
@@ -90,11 +123,11 @@ class LatentMethod(Method):
 
     def stages(self, G: StyleGAN2Generator) -> list[Stage]:
         s = self.settings
-        groups = [ParamGroup(("latent",), s.lr)]
+        groups = [ParamGroup(("latent",), s.lr, s.schedule)]
         if self.with_content:
             groups.append(ParamGroup(("content",), s.content_lr))
         if self.with_noise:
-            groups.append(ParamGroup(noise_names(G), s.noise_lr))
+            groups.append(ParamGroup(noise_names(G), s.noise_lr, s.schedule))
         return [Stage("main", s.steps, tuple(groups))]
 
     def init_params(self, ctx: InversionContext) -> Params:
@@ -102,8 +135,13 @@ class LatentMethod(Method):
         n, device = len(rngs), G.w_avg.device
         if self.settings.init == "encoder" and self.space not in ("w", "w+"):
             raise GanInvertError(f"method {self.name} optimises z codes; init=encoder starts w codes only")
-        start = (encoder_start(ctx, self.settings.init_encoder, self.name) if self.settings.init == "encoder"
-                 else G.w_avg.expand(n, -1))
+        s = self.settings
+        if s.init == "encoder":
+            start = encoder_start(ctx, s.init_encoder, self.name)
+        elif s.init == "sample-mean":
+            start = mapped_mean(G, PROJECTOR_SAMPLES).expand(n, -1)
+        else:
+            start = G.w_avg.expand(n, -1)
         if self.space == "w":
             latent = start.clone()
         elif self.space == "w+":
@@ -116,7 +154,9 @@ class LatentMethod(Method):
         if self.with_content:
             params["content"] = G.input.input.expand(n, -1, -1, -1).clone()
         if self.with_noise:
-            params.update(zip(noise_names(G), frozen_noise(G, n)))
+            noise = ([randn(rngs, shape[1:], device) for shape in G.noise_shapes] if s.noise_init == "normal"
+                     else frozen_noise(G, n))
+            params.update(zip(noise_names(G), noise))
         return params
 
     def ws(self, G: StyleGAN2Generator, latent: torch.Tensor) -> torch.Tensor:
@@ -132,24 +172,62 @@ class LatentMethod(Method):
         return SynthesisInputs(ws=self.ws(G, params["latent"]), noise=gather_noise(G, params),
                                const=params.get("content"))
 
+    def inputs(self, ctx: InversionContext, params: Params) -> SynthesisInputs:
+        s, inputs = self.settings, self.render_inputs(ctx.G, params)
+        if not s.w_noise_factor or self.space not in ("w", "w+"):
+            return inputs
+        # projector.py: latent_noise(latent_in, w_std * noise * max(0, 1 - t / noise_ramp) ** 2)
+        strength = w_spread(ctx.G, PROJECTOR_SAMPLES) * s.w_noise_factor * max(
+            0.0, 1 - ctx.step / s.steps / s.w_noise_ramp) ** 2
+        latent = params["latent"]
+        noisy = latent + randn(ctx.rngs, latent.shape[1:], latent.device) * strength
+        inputs.ws = self.ws(ctx.G, noisy)
+        return inputs
+
     def regulariser(self, ctx: InversionContext, params: Params, inputs: SynthesisInputs) -> torch.Tensor | None:
-        if self.settings.pnorm_weight and self.space in ("w", "w+"):
-            return self.settings.pnorm_weight * PNormStatistics.of(ctx.G).norm(params["latent"])
-        return None
+        s, terms = self.settings, []
+        if s.pnorm_weight and self.space in ("w", "w+"):
+            terms.append(s.pnorm_weight * PNormStatistics.of(ctx.G).norm(params["latent"]))
+        if s.noise_regularize_weight and self.with_noise:
+            terms.append(s.noise_regularize_weight * noise_autocorrelation(gather_noise(ctx.G, params)))
+        return sum(terms[1:], terms[0]) if terms else None
+
+    @torch.no_grad()
+    def project(self, ctx: InversionContext, params: Params) -> None:
+        if self.settings.normalise_noise and self.with_noise:
+            for name in noise_names(ctx.G):  # projector.py noise_normalize_: unbiased std
+                noise = params[name]
+                noise -= noise.mean((1, 2, 3), keepdim=True)
+                noise /= noise.std((1, 2, 3), keepdim=True)
 
 
-def _latent_method(name: str, space: str, noise: bool, content: bool, summary: str) -> type[LatentMethod]:
+ROSINALITY_PROJECTOR = Preset(
+    {"steps": 1000, "lr": 0.1, "noise_lr": 0.1, "schedule": "rampup-cosine", "lambda_mse": 0.0, "lambda_lpips": 1.0,
+     "init": "sample-mean", "noise_init": "normal", "noise_regularize_weight": 1e5, "w_noise_factor": 0.05,
+     "w_noise_ramp": 0.75, "normalise_noise": True},
+    "rosinality/stylegan2-pytorch projector.py defaults (--step 1000 --lr 0.1 --noise 0.05 --noise_ramp 0.75 "
+    "--noise_regularize 1e5 --mse 0; get_lr rampup 0.05 / rampdown 0.25 on the one Adam group of w and the noise "
+    "maps; latent_mean and latent_std of n_mean_latent = 10000 mapped samples; noises normal_(), "
+    "noise_normalize_ after each step); LPIPS is AlexNet here (the script's VGG weights are not available), "
+    "and its draws come from per-image generators")
+
+
+def _latent_method(name: str, space: str, noise: bool, content: bool, summary: str,
+                   extra_presets: dict[str, Preset] | None = None) -> type[LatentMethod]:
     cls = type(f"LatentMethod_{name}", (LatentMethod,), {
         "name": name, "space": space, "with_noise": noise, "with_content": content, "summary": summary,
-        "__doc__": summary})
+        "__doc__": summary, "presets": {**LatentMethod.presets, **(extra_presets or {})}})
     return register(cls)
 
 
 _latent_method("w", "w", False, False, "one w for every layer (W space)")
+_latent_method("wb", "w", True, False, "one w and the noise maps B (the StyleGAN2 projector)",
+               {"rosinality-projector": ROSINALITY_PROJECTOR})
 _latent_method("w+", "w+", False, False, "one w per layer (W+, Image2StyleGAN)")
 _latent_method("z", "z", False, False, "one z through the frozen mapping (Z space)")
 _latent_method("z+", "z+", False, False, "one z per layer through the frozen mapping (Z+)")
-_latent_method("w+b", "w+", True, False, "W+ and the noise maps B (Image2StyleGAN++)")
+_latent_method("w+b", "w+", True, False, "W+ and the noise maps B (Image2StyleGAN++)",
+               {"rosinality-projector": ROSINALITY_PROJECTOR})  # projector.py --w_plus
 _latent_method("w+s", "w+", False, True, "W+ and the constant input S")
 _latent_method("w+sb", "w+", True, True, "W+, the constant input S and the noise maps B")
 _latent_method("z+sb", "z+", True, True, "Z+, the constant input S and the noise maps B")

@@ -67,14 +67,13 @@ from dataclasses import dataclass
 from typing import Sequence
 
 import torch
-import torch.nn.functional as F
 
 from ...errors import GanInvertError
-from ...models.mapping_statistics import cached_statistic, mapped_latents
+from ...models.mapping_statistics import w_spread
 from ...models.stylegan2 import StyleGAN2Generator
 from ..losses import lpips_input
 from .base import (InversionContext, Method, MethodSettings, ParamGroup, Params, Preset, Stage, SynthesisInputs,
-                   context_lpips, gather_noise, noise_names, randn, register)
+                   context_lpips, gather_noise, noise_autocorrelation, noise_names, randn, register)
 
 DELTA_PREFIX = "delta."
 CONST_DELTA = "delta.const"
@@ -164,20 +163,6 @@ def residual_parameter_count(G: StyleGAN2Generator, tune_const: bool = True) -> 
 def weight_deltas(params: Params) -> dict[str, torch.Tensor]:
     """The conv residuals of a PTI result's params, keyed by layer name (``G.conv_layer_names()``)."""
     return {k[len(DELTA_PREFIX):]: v for k, v in params.items() if k.startswith(DELTA_PREFIX) and k != CONST_DELTA}
-
-
-def noise_autocorrelation(noise: Sequence[torch.Tensor]) -> torch.Tensor:
-    """StyleGAN2's noise regulariser per image: squared autocorrelation at shift 1 along both axes,
-    over a pyramid of 2x average-pooled maps down to 8 px (N,)."""
-    total = noise[0].new_zeros(noise[0].shape[0])
-    for n in noise:
-        while True:
-            total = total + (n * torch.roll(n, shifts=1, dims=3)).mean((1, 2, 3)).square()
-            total = total + (n * torch.roll(n, shifts=1, dims=2)).mean((1, 2, 3)).square()
-            if n.shape[2] <= 8:
-                break
-            n = F.avg_pool2d(n, kernel_size=2)
-    return total
 
 
 @register
@@ -275,11 +260,8 @@ class PTI(Method):
 
     @staticmethod
     def _w_std_of(G: StyleGAN2Generator) -> float:
-        """The projector's w_std: root mean squared distance of mapped samples from their mean."""
-        def build() -> float:
-            w = mapped_latents(G, W_STD_SAMPLES, W_STD_SEED)
-            return float((w - w.mean(0)).square().sum() / W_STD_SAMPLES) ** 0.5
-        return cached_statistic(G, "pti-w-std", build)
+        """The projector's w_std (``w_projector.py``: 600 samples)."""
+        return w_spread(G, W_STD_SAMPLES, W_STD_SEED)
 
     def _locality_ws(self, G: StyleGAN2Generator, pivot: torch.Tensor,
                      rngs: Sequence[torch.Generator]) -> list[torch.Tensor]:
