@@ -42,7 +42,7 @@ def test_demo_inverts_the_bundled_example(tmp_path, capsys):
     assert (ASSETS / "example.png").is_file()
     out = tmp_path / "demo"
     assert main(["demo", "--out", str(out), "--steps", "3", "--no-lpips"]) == 0
-    folder = out / "example"
+    folder = out / "sphinx"  # one folder per method of the side-by-side; SPHInX's is checked here
     for name in ("input.png", "reconstruction.png", "comparison.png", "curve.png", "metrics.json",
                  "result.safetensors", "result.json"):
         assert (folder / name).is_file(), name

@@ -6,17 +6,20 @@ Each command module imports this one; nothing here imports a command module.
 
 from __future__ import annotations
 
+import contextlib
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import click
 import torch
 
 from ..errors import GanInvertError
 from ..io import FIT_POLICIES
+from ..models.loading import GENERATOR_HELP
+from ..outputs import Claim, OutputLocks, claim_folders, output_folder, run_id, sweep_stale
 
 Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
-GENERATOR_HELP = "Checkpoint (rosinality .pt/.safetensors or NVIDIA .pkl), or 'default' for the bundled 64 px faces."
 
 
 # ----------------------------------------------------------------------------- shared options
@@ -116,8 +119,9 @@ def optional_lpips(weights: str | None, disabled: bool, device: torch.device):
 
 
 def parse_settings(items: Sequence[str]) -> dict[str, Any]:
-    """``--set key=value`` pairs; values are parsed as Python literals where possible (their types
-    are checked against the settings' fields where the settings are built)."""
+    """``--set key=value`` pairs; values are parsed as Python literals where possible, else kept as
+    text. Where the settings are built, :func:`ganinvert.settings.coerce_settings` converts each to
+    its field's type or raises a one-line error naming the setting and the type."""
     import ast
     out: dict[str, Any] = {}
     for item in items:
@@ -143,14 +147,55 @@ def method_settings(overrides: Sequence[str], steps: int | None, no_lpips: bool 
     return settings
 
 
-def unique_stems(paths: Sequence[Path]) -> list[str]:
-    seen: dict[str, int] = {}
-    stems = []
-    for p in paths:
-        count = seen.get(p.stem, 0)
-        seen[p.stem] = count + 1
-        stems.append(p.stem if count == 0 else f"{p.stem}_{count}")
-    return stems
+# ----------------------------------------------------------------------------- per-image output folders
+def overwrite_option(f: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option("--overwrite", is_flag=True,
+                        help="Replace OUT/<name>/ folders that hold another run's output (refused without it).")(f)
+
+
+def run_identity(command: str, G: Any, method: Any, preset: str | None, seed: int, lpips: Any,
+                 **options: Any) -> dict[str, Any]:
+    """Everything but the image that determines one image's output folder (``outputs.run_id``):
+    not the device, the batch size or the checkpoint interval."""
+    from ..models.loading import file_sha256
+    source = getattr(G, "source", None)
+    return {"command": command, "method": method.name,
+            "preset": preset if preset is not None else method.default_preset,
+            "settings": method.settings.to_dict(), "seed": seed,
+            "generator": {"sha256": getattr(source, "sha256", None), "config": G.config()},
+            "lpips_sha256": None if lpips is None else [file_sha256(f) for f in lpips.weight_files.files], **options}
+
+
+@dataclass
+class OutputRun:
+    """The folders one command writes: per image its name, run id and claim (done / replaces a folder)."""
+
+    out: Path
+    names: list[str]
+    runs: list[str]
+    claims: list[Claim]
+    locks: OutputLocks
+
+    def folder(self, i: int) -> Path:
+        return output_folder(self.out, self.names[i])
+
+    def skip_message(self, i: int) -> str:
+        return f"{self.names[i]}: already done by this run, skipped -> {self.folder(i)}"
+
+
+@contextlib.contextmanager
+def claimed_outputs(out: Path, names: Sequence[str], sources: Sequence[dict[str, str]], identity: dict[str, Any],
+                    *, resume: bool, overwrite: bool, record: str = "metrics.json") -> Iterator[OutputRun]:
+    """Lock ``OUT/<name>`` for every name for the block (another run holding one: GanInvertError),
+    delete what killed runs left, and decide per folder whether it is done or refused (see
+    :func:`ganinvert.outputs.claim_folders`). ``sources``: each image's ``{"path", "sha256"}``."""
+    out.mkdir(parents=True, exist_ok=True)
+    with OutputLocks(out) as locks:
+        locks.acquire(names)
+        sweep_stale(out, locks)
+        runs = [run_id({**identity, "image_sha256": source["sha256"]}) for source in sources]
+        claims = claim_folders(out, names, runs, resume=resume, overwrite=overwrite, record=record)
+        yield OutputRun(out, list(names), runs, claims, locks)
 
 
 # ----------------------------------------------------------------------------- errors

@@ -1,17 +1,18 @@
-"""``ganinvert methods | invert | render | robustness | sample | demo``: inverting images and
+"""``ganinvert methods | invert | render | robustness | sample``: inverting images and
 looking at the results."""
 
 from __future__ import annotations
 
-import contextlib
 from pathlib import Path
 
 import click
 import torch
 
+from ..checks import check_seed
 from ..errors import GanInvertError
-from .common import (device_images_generator, device_option, fit_option, generator_option, load_lpips,
-                     lpips_options, method_options, method_settings, out_dir_option, pick_device, unique_stems)
+from .common import (claimed_outputs, device_images_generator, device_option, fit_option, generator_option,
+                     load_lpips, lpips_options, method_options, method_settings, out_dir_option, overwrite_option,
+                     pick_device, run_identity)
 
 
 @click.command("methods")
@@ -32,43 +33,70 @@ def methods_command() -> None:
 @method_options(batch_help="Images inverted together (vectorised).")
 @fit_option()
 @out_dir_option
-@click.option("--resume", is_flag=True, help="Continue an interrupted run from its checkpoint in OUT.")
+@click.option("--resume", is_flag=True,
+              help="Skip images this run has finished (OUT/<name>/) and continue an interrupted batch from its "
+                   "checkpoint in OUT/.checkpoints.")
 @click.option("--checkpoint-every", type=int, default=100, show_default=True)
+@overwrite_option
 @lpips_options
 @device_option
 def invert_command(images: tuple[Path, ...], generator: str, method: str, preset: str | None, steps: int | None,
                    overrides: tuple[str, ...], seed: int, batch_size: int, fit: str, out: Path, resume: bool,
-                   checkpoint_every: int, lpips_weights: str | None, no_lpips: bool, device: str | None) -> None:
-    """Invert IMAGES (files or folders) and write, per image, OUT/<stem>/ with the reconstruction,
-    a side-by-side, metrics.json, the loss/PSNR curve and the result file."""
+                   checkpoint_every: int, overwrite: bool, lpips_weights: str | None, no_lpips: bool,
+                   device: str | None) -> None:
+    """Invert IMAGES (files or folders) and write, per image, OUT/<name>/ with the reconstruction,
+    a side-by-side, metrics.json, the loss/PSNR curve and the result file.
+
+    <name> is the image's stem made file-name safe (``_1``, ``_2`` … when names repeat). Each folder
+    appears complete or not at all; one of another run is replaced only with --overwrite, and two
+    runs cannot write the same folder at once.
+    """
     from ..io import load_image
     from ..inversion import invert, make_method
     from ..inversion.report import write_inversion_outputs
+    from ..inversion.result import source_image_record
+    from ..outputs import Checkpoints, output_names
 
     settings = method_settings(overrides, steps, no_lpips)
     if batch_size <= 0 or checkpoint_every <= 0:
         raise GanInvertError("--batch-size and --checkpoint-every must be > 0")
-    make_method(method, preset, settings)  # validate before loading anything heavy
+    m = make_method(method, preset, settings)  # validate before loading anything heavy
     dev, paths, G = device_images_generator(device, images, generator)
     targets = [load_image(p, G.resolution, fit) for p in paths]
     lpips = load_lpips(lpips_weights, no_lpips, dev)
-    stems = unique_stems(paths)
-    for start in range(0, len(paths), batch_size):
-        batch = torch.cat(targets[start:start + batch_size]).to(dev)
-        names = stems[start:start + batch_size]
-        ckpt = out / ".checkpoints" / f"{'+'.join(names)[:100]}.pt"
-        result = invert(G, batch, method, preset=preset, settings=settings, seed=seed, lpips=lpips,
-                        checkpoint_path=ckpt, checkpoint_every=checkpoint_every, resume=resume)
-        for i, name in enumerate(names):
-            single = result.select(i)
-            # Rendered alone, as `ganinvert render` will: a batched rendering can differ in the last
-            # float bits, which may flip a PNG pixel.
-            metrics = write_inversion_outputs(out / name, batch[i:i + 1], single, single.render(G), lpips)
-            click.echo(f"{name}: PSNR {metrics['psnr']:.2f} dB, SSIM {metrics['ssim']:.3f}"
-                       + (f", LPIPS {metrics['lpips']:.3f}" if "lpips" in metrics else "")
-                       + f" ({metrics['seconds']:.1f} s) -> {out / name}")
-    with contextlib.suppress(OSError):  # finished runs delete their checkpoints; drop the empty folder
-        (out / ".checkpoints").rmdir()
+    sources = [source_image_record(p) for p in paths]
+    identity = run_identity("invert", G, m, preset, seed, lpips, fit=fit)
+    batches = [range(start, min(start + batch_size, len(paths))) for start in range(0, len(paths), batch_size)]
+    with claimed_outputs(out, output_names(paths), sources, identity, resume=resume, overwrite=overwrite) as run:
+        checkpoints = Checkpoints(out)
+        checkpoints.reconcile([[run.names[i] for i in b] for b in batches], run.locks, resume)
+        for batch in batches:
+            names = [run.names[i] for i in batch]
+            if all(run.claims[i].done for i in batch):
+                checkpoints.end(names)
+                for i in batch:
+                    click.echo(run.skip_message(i))
+                continue
+            # A batch is always inverted whole, as planned, so a resumed run gives the same bits.
+            result = invert(G, torch.cat([targets[i] for i in batch]).to(dev), method, preset=preset,
+                            settings=settings, seed=seed, lpips=lpips,
+                            checkpoint_path=checkpoints.begin(names, batch_size),
+                            checkpoint_every=checkpoint_every, resume=resume)
+            for k, i in enumerate(batch):
+                if run.claims[i].done:
+                    click.echo(run.skip_message(i))
+                    continue
+                single = result.select(k)
+                single.source_images = [sources[i]]
+                # Rendered alone, as `ganinvert render` will: a batched rendering can differ in the last
+                # float bits, which may flip a PNG pixel.
+                metrics = write_inversion_outputs(run.folder(i), targets[i].to(dev), single, single.render(G), lpips,
+                                                  extra_metrics={"run_id": run.runs[i]},
+                                                  overwrite=run.claims[i].replace)
+                click.echo(f"{run.names[i]}: PSNR {metrics['psnr']:.2f} dB, SSIM {metrics['ssim']:.3f}"
+                           + (f", LPIPS {metrics['lpips']:.3f}" if "lpips" in metrics else "")
+                           + f" ({metrics['seconds']:.1f} s) -> {run.folder(i)}")
+            checkpoints.end(names)
 
 
 # ----------------------------------------------------------------------------- render
@@ -86,6 +114,9 @@ def render_command(result_path: Path, generator: str, out: Path, draws: int, see
     from ..inversion import InversionResult
     from ..models import load_generator
 
+    if draws < 0:
+        raise GanInvertError(f"--draws must be >= 0, got {draws}")
+    check_seed(seed, "--seed")
     result = InversionResult.load(result_path)
     G = load_generator(generator, pick_device(device))
     image = result.render(G)
@@ -145,6 +176,7 @@ def sample_command(generator: str, count: int, seed: int, truncation: float, out
 
     if count <= 0:
         raise GanInvertError(f"--n must be > 0, got {count}")
+    check_seed(seed, "--seed")
     G = load_generator(generator, pick_device(device))
     z = torch.randn(count, G.style_dim, generator=torch.Generator().manual_seed(seed)).to(G.w_avg.device)
     with torch.inference_mode():
@@ -155,35 +187,5 @@ def sample_command(generator: str, count: int, seed: int, truncation: float, out
     click.echo(f"wrote {count} samples to {out}")
 
 
-# ----------------------------------------------------------------------------- demo
-# 3000 of the preset's 5000 steps: about 2 minutes on a 2-core CPU (measured), within the demo's budget.
-DEMO_STEPS = 3000
-
-
-@click.command("demo")
-@click.option("--out", "-o", default="demo-out", show_default=True, type=click.Path(file_okay=False, path_type=Path))
-@click.option("--steps", type=int, default=DEMO_STEPS, show_default=True,
-              help="SPHInX steps (the official preset's 5000 are cut to keep the demo near 2 minutes on a CPU).")
-@click.option("--seed", type=int, default=0, show_default=True)
-@lpips_options
-@device_option
-def demo_command(out: Path, steps: int, seed: int, lpips_weights: str | None, no_lpips: bool,
-                 device: str | None) -> None:
-    """Invert the bundled example image (an out-of-distribution, rotated face) with SPHInX
-    (official preset) into the bundled default generator, and write the outputs to OUT."""
-    from ..metrics import lpips_available
-    from ..models.loading import ASSETS
-
-    if not no_lpips and lpips_weights is None and not lpips_available():
-        click.echo("note: no LPIPS weights found (--lpips-weights / $GANINVERT_LPIPS_WEIGHTS); "
-                   "running SPHInX with the MSE term only", err=True)
-        no_lpips = True
-    args = ["invert", str(ASSETS / "example.png"), "--method", "sphinx", "--preset", "sphinx-official",
-            "--steps", str(steps), "--seed", str(seed), "--out", str(out)]
-    args += ["--no-lpips"] if no_lpips else (["--lpips-weights", lpips_weights] if lpips_weights else [])
-    args += ["--device", device] if device else []
-    invert_command.main(args=args[1:], prog_name="ganinvert invert", standalone_mode=False)
-
-
 COMMANDS = {"methods": methods_command, "invert": invert_command, "render": render_command,
-            "robustness": robustness_command, "sample": sample_command, "demo": demo_command}
+            "robustness": robustness_command, "sample": sample_command}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 import click
@@ -10,9 +11,9 @@ import torch
 from ..errors import GanInvertError
 from ..inversion.methods.discover import ATTRIBUTES
 from ..tasks.operators import make_operator, operator_class, operator_help, operator_names
-from .common import (device_images_generator, device_option, fit_option, generator_option, load_lpips,
-                     lpips_options, method_options, method_settings, optional_lpips, out_dir_option, pick_device,
-                     unique_stems)
+from .common import (claimed_outputs, device_images_generator, device_option, fit_option, generator_option,
+                     load_lpips, lpips_options, method_options, method_settings, optional_lpips, out_dir_option,
+                     overwrite_option, pick_device, run_identity)
 
 
 def _per_image_dirs(out: Path, n: int) -> list[Path]:
@@ -36,33 +37,36 @@ def _per_image_dirs(out: Path, n: int) -> list[Path]:
 @method_options(seed_help="Seeds the measurement and the inversion.", batch_help="Images inverted together.")
 @fit_option("How images that are not square at the needed size are fitted.")
 @out_dir_option
+@overwrite_option
 @lpips_options
 @device_option
 def restore_command(images: tuple[Path, ...], task: str, sigma: float | None, fraction: float | None,
                     mask: Path | None, resize_mask: bool, factor: int | None, measured: bool, generator: str,
                     method: str, preset: str | None, steps: int | None, overrides: tuple[str, ...], seed: int,
-                    batch_size: int, fit: str, out: Path, lpips_weights: str | None, no_lpips: bool,
-                    device: str | None) -> None:
+                    batch_size: int, fit: str, out: Path, overwrite: bool, lpips_weights: str | None,
+                    no_lpips: bool, device: str | None) -> None:
     """Restore IMAGES through the generator: simulate the TASK's measurement of each clean image
-    (or read measured ones with --measured), invert it and write OUT/<stem>/ with measurement.png,
+    (or read measured ones with --measured), invert it and write OUT/<name>/ with measurement.png,
     restoration.png, comparison.png, metrics.json (PSNR/SSIM/LPIPS vs the clean image and
     psnr_measurement of the degraded input; sr inputs are upsampled bicubically), curve.png and
-    the result file."""
+    the result file (folders as `ganinvert invert` writes them; see --overwrite)."""
     from ..inversion import make_method
+    from ..inversion.result import source_image_record
     from ..io import load_image
+    from ..models.loading import file_sha256
+    from ..outputs import output_names
     from ..tasks.restore import load_measurement, restore, write_restoration_outputs
 
     settings = method_settings(overrides, steps, no_lpips)
     if batch_size <= 0:
         raise GanInvertError(f"--batch-size must be > 0, got {batch_size}")
     operator_class(task, measured=measured)  # before loading anything heavy
-    make_method(method, preset, settings)  # validate before loading anything heavy
+    m = make_method(method, preset, settings)  # validate before loading anything heavy
     dev, paths, G = device_images_generator(device, images, generator)
     # The noise level does not enter the inversion (A is the identity), so measured denoising needs no --sigma.
     op = make_operator(task, image_size=G.resolution, sigma=sigma, fraction=fraction, mask=mask,
                        factor=factor, seed=seed, resize_mask=resize_mask, measured=measured).to(dev)
     lpips = load_lpips(lpips_weights, no_lpips, dev)
-    stems = unique_stems(paths)
     if measured:
         clean, y = None, torch.cat([load_measurement(p, op, G.resolution, fit) for p in paths]).to(dev)
     else:
@@ -71,17 +75,27 @@ def restore_command(images: tuple[Path, ...], task: str, sigma: float | None, fr
             y = op(clean)  # one draw for the whole list, so batching does not change the noise
     task_record = {"task": task, "sigma": sigma, "fraction": fraction, "mask": None if mask is None else str(mask),
                    "factor": factor, "measured": measured, "operator_seed": seed}
-    for start in range(0, len(paths), batch_size):
-        part = slice(start, start + batch_size)
-        restored = restore(G, op, clean=None if clean is None else clean[part], measurement=y[part],
-                           method=method, preset=preset, settings=settings, seed=seed, lpips=lpips)
-        for i, name in enumerate(stems[part]):
-            metrics = write_restoration_outputs(out / name, restored.select(i), lpips,
-                                                {k: v for k, v in task_record.items() if v is not None})
-            summary = (f"PSNR {metrics['psnr']:.2f} dB" if "psnr" in metrics else "restored")
-            if "psnr_measurement" in metrics:
-                summary += f" (measurement {metrics['psnr_measurement']:.2f} dB)"
-            click.echo(f"{name}: {summary} ({metrics['seconds']:.1f} s) -> {out / name}")
+    sources = [source_image_record(p) for p in paths]
+    # The noise is one draw for the whole list, so each image's measurement depends on the list.
+    identity = run_identity("restore", G, m, preset, seed, lpips, fit=fit, resize_mask=resize_mask,
+                            mask_sha256=None if mask is None else file_sha256(mask), **task_record,
+                            images=[s["sha256"] for s in sources])
+    with claimed_outputs(out, output_names(paths), sources, identity, resume=False, overwrite=overwrite) as run:
+        for start in range(0, len(paths), batch_size):
+            part = slice(start, start + batch_size)
+            restored = restore(G, op, clean=None if clean is None else clean[part], measurement=y[part],
+                               method=method, preset=preset, settings=settings, seed=seed, lpips=lpips)
+            for k, i in enumerate(range(len(paths))[part]):
+                one = restored.select(k)
+                one.result.source_images = [sources[i]]
+                metrics = write_restoration_outputs(
+                    run.folder(i), one, lpips,
+                    {**{key: v for key, v in task_record.items() if v is not None}, "run_id": run.runs[i]},
+                    overwrite=run.claims[i].replace)
+                summary = (f"PSNR {metrics['psnr']:.2f} dB" if "psnr" in metrics else "restored")
+                if "psnr_measurement" in metrics:
+                    summary += f" (measurement {metrics['psnr_measurement']:.2f} dB)"
+                click.echo(f"{run.names[i]}: {summary} ({metrics['seconds']:.1f} s) -> {run.folder(i)}")
 
 # ------------------------------------------------------------------------- edit
 @click.command("edit")
@@ -197,18 +211,22 @@ def directions_command(generator: str, out: Path, k: int | None, samples: int | 
               help="Traversal frames between consecutive learned alphas.")
 @click.option("--frame-ms", type=int, default=150, show_default=True, help="GIF frame duration.")
 @out_dir_option
+@overwrite_option
 @device_option
 def discover_command(images: tuple[Path, ...], attribute: str, factors: str | None, generator: str,
                      preset: str | None, steps: int | None, overrides: tuple[str, ...], seed: int, fit: str,
-                     frames_per_segment: int, frame_ms: int, out: Path, device: str | None) -> None:
+                     frames_per_segment: int, frame_ms: int, out: Path, overwrite: bool, device: str | None) -> None:
     """Learn an ATTRIBUTE direction from K transformed copies of each image (SPHInX App. B) and write
-    OUT/<stem>/ with variants.png (targets over reconstructions), the traversal along the direction
-    (traversal_strip.png, traversal.gif, frames), discovery.json (alphas, PSNR per variant) and the result."""
+    OUT/<name>/ with variants.png (targets over reconstructions), the traversal along the direction
+    (traversal_strip.png, traversal.gif, frames), discovery.json (alphas, PSNR per variant) and the
+    result (folders as `ganinvert invert` writes them; see --overwrite)."""
     from ..inversion import make_method
-    from ..io import atomic_write_json, image_strip, load_image, save_pil
-    from ..inversion.report import image_metrics, plot_curves
+    from ..inversion.report import image_metrics, write_image_folder
+    from ..inversion.result import source_image_record
+    from ..io import load_image
+    from ..outputs import output_names
     from ..tasks.discovery import (DEFAULT_FACTORS, alphas, attribute_variants, discover, traversal_alphas, traverse,
-                            variant_reconstructions)
+                                   variant_reconstructions)
     from ..tasks.editing import write_frames
 
     settings = method_settings(overrides, steps)
@@ -221,32 +239,39 @@ def discover_command(images: tuple[Path, ...], attribute: str, factors: str | No
             raise GanInvertError(f"--factors must be comma-separated numbers, got {factors!r}") from None
     if frames_per_segment < 1 or frame_ms <= 0:
         raise GanInvertError("--frames-per-segment and --frame-ms must be > 0")
-    make_method("discover", preset, {**settings, "attribute": attribute, "factors": values})
+    m = make_method("discover", preset, {**settings, "attribute": attribute, "factors": values})
     dev, paths, G = device_images_generator(device, images, generator)
     batch = torch.cat([load_image(p, G.resolution, fit) for p in paths]).to(dev)
-    result = discover(G, batch, attribute, values, preset=preset, settings=settings, seed=seed)
-    learned = alphas(result)
-    targets = attribute_variants(batch, attribute, values)
-    recon = variant_reconstructions(G, result)
-    for i, name in enumerate(unique_stems(paths)):
-        folder = out / name
-        walk = traversal_alphas(learned[i], frames_per_segment)
-        frames = traverse(G, result.select(i), walk)[:, 0]
-        write_frames(frames, [f"a={a:.2f}" for a in walk], folder, "traversal", gif_ms=frame_ms)
-        scores = image_metrics(recon[i], targets[i], None)
-        labels = [f"{attribute} {f:g}" for f in values] + [f"a={a:.2f}, {s['psnr']:.1f} dB"
-                                                           for a, s in zip(learned[i], scores)]
-        save_pil(image_strip([*targets[i], *recon[i]], labels), folder / "variants.png")
-        one = result.select(i)
-        plot_curves(one.history, folder / "curve.png", title=f"discover {attribute} ({name})")
-        one.save(folder / "result.safetensors")
-        atomic_write_json(folder / "discovery.json", {
-            "attribute": attribute, "factors": list(values), "alphas": learned[i],
-            "psnr": [s["psnr"] for s in scores], "ssim": [s["ssim"] for s in scores],
-            "traversal_alphas": walk, "steps": len(one.history.get("loss", [])),
-            "seconds": round(one.seconds, 3), "seed": seed})
-        click.echo(f"{name}: alphas " + ", ".join(f"{a:.3f}" for a in learned[i])
-                   + " | PSNR per variant " + ", ".join(f"{s['psnr']:.2f}" for s in scores) + f" -> {folder}")
+    sources = [source_image_record(p) for p in paths]
+    identity = run_identity("discover", G, m, preset, seed, None, fit=fit, frames_per_segment=frames_per_segment,
+                            frame_ms=frame_ms)
+    with claimed_outputs(out, output_names(paths), sources, identity, resume=False, overwrite=overwrite,
+                         record="discovery.json") as run:
+        result = discover(G, batch, attribute, values, preset=preset, settings=settings, seed=seed)
+        learned = alphas(result)
+        targets = attribute_variants(batch, attribute, values)
+        recon = variant_reconstructions(G, result)
+        for i, name in enumerate(run.names):
+            walk = traversal_alphas(learned[i], frames_per_segment)
+            frames = traverse(G, result.select(i), walk)[:, 0]
+            scores = image_metrics(recon[i], targets[i], None)
+            labels = [f"{attribute} {f:g}" for f in values] + [f"a={a:.2f}, {s['psnr']:.1f} dB"
+                                                               for a, s in zip(learned[i], scores)]
+            one = result.select(i)
+            one.source_images = [sources[i]]
+            record = {"attribute": attribute, "factors": list(values), "alphas": learned[i],
+                      "psnr": [s["psnr"] for s in scores], "ssim": [s["ssim"] for s in scores],
+                      "traversal_alphas": walk, "steps": len(one.history.get("loss", [])),
+                      "seconds": round(one.seconds, 3), "seed": seed, "run_id": run.runs[i]}
+            write_image_folder(run.folder(i), one, record, strip=list(zip(labels, [*targets[i], *recon[i]])),
+                               strip_name="variants.png", record_name="discovery.json",
+                               curve_title=f"discover {attribute} ({name})",
+                               extra=partial(write_frames, frames, [f"a={a:.2f}" for a in walk], prefix="traversal",
+                                             gif_ms=frame_ms),
+                               overwrite=run.claims[i].replace)
+            click.echo(f"{name}: alphas " + ", ".join(f"{a:.3f}" for a in learned[i])
+                       + " | PSNR per variant " + ", ".join(f"{s['psnr']:.2f}" for s in scores)
+                       + f" -> {run.folder(i)}")
 
 
 COMMANDS = {"restore": restore_command, "edit": edit_command, "interpolate": interpolate_command,

@@ -153,6 +153,12 @@ def plan_evaluation(config: EvaluationConfig, threads: int, batch_size: int = 1)
         for cells in by_method.values():
             units.extend(tuple(cells[i:i + batch_size]) for i in range(0, len(cells), batch_size))
         tasks.extend(t for i in range(len(refs)) for t in (cells[i] for cells in by_method.values()))
+    keys: set[str] = set()
+    for task in tasks:  # image names are unique by construction; method labels and shift names may still meet
+        if task.key in keys:
+            raise GanInvertError(f"two cells would both be written as cells/{task.key}.json; give the methods or "
+                                 "shifts names that differ in letters, digits, '.', '_', '+' or '-'")
+        keys.add(task.key)
     return Plan(suite, shifts, images, methods, tasks, units, generator_sha, lpips_files)
 
 

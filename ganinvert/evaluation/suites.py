@@ -45,7 +45,6 @@ Protocols:
 
 from __future__ import annotations
 
-import inspect
 import math
 import re
 from dataclasses import dataclass
@@ -58,6 +57,8 @@ import torch.nn.functional as F
 
 from ..errors import GanInvertError
 from ..io import list_images, load_image
+from ..outputs import output_names, safe_name
+from ..settings import coerce_settings
 from ..tasks.geometry import BORDERS, affine_shift
 
 #: Working resolution floor of the geometric shifts (see the module docstring).
@@ -125,22 +126,10 @@ def _parse_number(text: str, name: str, expected: str) -> float:
     return value
 
 
-def safe_name(text: str) -> str:
-    """``text`` with every character outside ``[A-Za-z0-9._+-]`` replaced by ``_`` (file names)."""
-    cleaned = re.sub(r"[^A-Za-z0-9._+-]", "_", text).strip(".")
-    return cleaned or "_"
-
-
 def unique_image_refs(paths: Sequence[Path]) -> list[ImageRef]:
-    """Filename-safe, unique names (the stem; ``stem_1``… on collisions), in the given order."""
-    seen: dict[str, int] = {}
-    refs = []
-    for path in paths:
-        stem = safe_name(path.stem)
-        count = seen.get(stem, 0)
-        seen[stem] = count + 1
-        refs.append(ImageRef(stem if count == 0 else f"{stem}_{count}", path))
-    return refs
+    """Filename-safe names, unique by construction (``ganinvert.outputs.output_names``: the stem;
+    ``stem_1``… on collisions, never another image's own name), in the given order."""
+    return [ImageRef(name, path) for name, path in zip(output_names(paths), paths)]
 
 
 def _images_in(paths: Sequence[Path]) -> list[Path]:
@@ -404,7 +393,8 @@ SUITES: dict[str, type[Suite]] = {cls.name: cls for cls in (
 def make_suite(name: str, **options: Any) -> Suite:
     """Build suite ``name`` with its options (``border`` for ood-geometric, ``trials`` for robustness).
 
-    Options that the suite does not take are ignored, so one set of CLI options serves every suite.
+    Each option is converted to the type its ``__init__`` declares; an option the suite does not
+    take, or of the wrong type, raises GanInvertError (see :mod:`ganinvert.settings`).
 
     >>> make_suite("denoise").parse_shift("sigma0.50").name
     'sigma0.5'
@@ -412,5 +402,4 @@ def make_suite(name: str, **options: Any) -> Suite:
     cls = SUITES.get(name)
     if cls is None:
         raise GanInvertError(f"unknown suite {name!r}; choose one of {', '.join(SUITES)}")
-    accepted = inspect.signature(cls.__init__).parameters
-    return cls(**{k: v for k, v in options.items() if k in accepted})
+    return cls(**coerce_settings(cls, options, owner=f"suite {name}", what="option"))

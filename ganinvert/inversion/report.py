@@ -1,8 +1,11 @@
-"""What ``ganinvert invert`` writes for each image, and the plots every command shares.
+"""The one writer of per-image output folders (:func:`write_image_folder`, used by ``invert``,
+``restore`` and ``discover``), what ``ganinvert invert`` puts in it, and the plots every command shares.
 
 Per image, ``DIR/<stem>/``: ``input.png`` (the image as used), ``reconstruction.png``,
 ``comparison.png`` (side by side), ``metrics.json`` (psnr, ssim, ms_ssim, lpips, steps, seconds),
-``curve.png`` (loss and PSNR per step) and ``result.safetensors`` + ``result.json``.
+``curve.png`` (loss and PSNR per step) and ``result.safetensors`` + ``result.json``. Every folder
+is built beside its place and renamed into it (:func:`ganinvert.outputs.staged_folder`), so it
+appears complete or not at all.
 """
 
 from __future__ import annotations
@@ -10,12 +13,13 @@ from __future__ import annotations
 import io
 import math
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 
 from ..io import atomic_write_bytes, atomic_write_json, image_strip, save_image, save_pil
 from ..metrics import score
+from ..outputs import staged_folder
 from .result import InversionResult
 
 
@@ -56,23 +60,43 @@ def image_metrics(reconstruction: torch.Tensor, target: torch.Tensor, lpips: tor
     return [{k: float(v[i]) for k, v in scores.items()} for i in range(target.shape[0])]
 
 
+def write_image_folder(folder: Path, result: InversionResult, record: dict[str, Any], *,
+                       images: Mapping[str, torch.Tensor] | None = None, strip: Sequence[tuple[str, torch.Tensor]] = (),
+                       strip_name: str = "comparison.png", record_name: str = "metrics.json",
+                       curve_title: str = "", extra: Callable[[Path], Any] | None = None,
+                       overwrite: bool = False) -> None:
+    """Write one image's output folder as a unit.
+
+    Files: ``<name>.png`` for each of ``images``, the labelled side-by-side ``strip`` (label,
+    image) as ``strip_name``, ``curve.png`` (``result``'s history), whatever ``extra(folder)``
+    writes, ``result.safetensors`` + ``result.json`` and, last, ``record`` as ``record_name``.
+    ``folder`` must not exist unless ``overwrite``.
+    """
+    with staged_folder(folder, overwrite) as temp:
+        for name, image in (images or {}).items():
+            save_image(image, temp / f"{name}.png")
+        if strip:
+            save_pil(image_strip([image for _, image in strip], [label for label, _ in strip]), temp / strip_name)
+        plot_curves(result.history, temp / "curve.png", title=curve_title)
+        if extra is not None:
+            extra(temp)
+        result.save(temp / "result.safetensors")
+        atomic_write_json(temp / record_name, record)
+
+
 def write_inversion_outputs(out_dir: Path, target: torch.Tensor, result: InversionResult,
                             reconstruction: torch.Tensor, lpips: torch.nn.Module | None,
                             extra_metrics: dict[str, Any] | None = None,
-                            extra_images: Sequence[tuple[str, torch.Tensor]] = ()) -> dict[str, Any]:
-    """Write one image's folder (see the module docstring); returns its metrics."""
-    out_dir.mkdir(parents=True, exist_ok=True)
+                            extra_images: Sequence[tuple[str, torch.Tensor]] = (),
+                            overwrite: bool = False) -> dict[str, Any]:
+    """Write one image's folder (see the module docstring; ``out_dir`` must not exist unless
+    ``overwrite``); returns its metrics."""
     metrics = image_metrics(reconstruction, target, lpips)[0]
     metrics.update(steps=len(result.history.get("loss", [])), seconds=round(result.seconds, 3),
                    method=result.method, preset=result.preset, seed=result.seeds[0])
     metrics.update(extra_metrics or {})
-    save_image(target, out_dir / "input.png")
-    save_image(reconstruction, out_dir / "reconstruction.png")
-    for name, img in extra_images:
-        save_image(img, out_dir / f"{name}.png")
-    labels = ["input"] + [name for name, _ in extra_images] + [f"{result.method} {metrics['psnr']:.2f} dB"]
-    save_pil(image_strip([target, *[img for _, img in extra_images], reconstruction], labels), out_dir / "comparison.png")
-    plot_curves(result.history, out_dir / "curve.png", title=f"{result.method} ({out_dir.name})")
-    result.save(out_dir / "result.safetensors")
-    atomic_write_json(out_dir / "metrics.json", metrics)
+    strip = [("input", target), *extra_images, (f"{result.method} {metrics['psnr']:.2f} dB", reconstruction)]
+    write_image_folder(Path(out_dir), result, metrics,
+                       images={"input": target, "reconstruction": reconstruction, **dict(extra_images)},
+                       strip=strip, curve_title=f"{result.method} ({Path(out_dir).name})", overwrite=overwrite)
     return metrics

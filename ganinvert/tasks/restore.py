@@ -29,9 +29,9 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import GanInvertError
-from ..inversion.report import image_metrics, plot_curves
+from ..inversion.report import image_metrics
 from ..inversion.result import InversionResult
-from ..io import atomic_write_json, image_strip, load_image, save_image, save_pil
+from ..io import load_image
 from ..models.stylegan2 import StyleGAN2Generator
 from .operators import as_operator
 
@@ -149,33 +149,29 @@ def load_measurement(path: str | Path, operator: Any, resolution: int, fit: str 
 
 
 def write_restoration_outputs(out_dir: Path, out: Restoration, lpips: torch.nn.Module | None,
-                              extra: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Write one image's folder; ``out`` holds that one image (``Restoration.select``).
+                              extra: dict[str, Any] | None = None, overwrite: bool = False) -> dict[str, Any]:
+    """Write one image's folder as a unit (``out_dir`` must not exist unless ``overwrite``); ``out``
+    holds that one image (``Restoration.select``).
 
     Files: ``measurement.png`` (where y is an image, at its own size), ``restoration.png``,
     ``comparison.png`` (clean | measurement | restoration, as available), ``metrics.json``,
     ``curve.png`` and ``result.safetensors`` + ``result.json``. Returns the metrics.
     """
+    from ..inversion.report import write_image_folder
+
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     metrics: dict[str, Any] = restoration_metrics(out, lpips)[0]
     result = out.result
     metrics.update(steps=len(result.history.get("loss", [])), seconds=round(result.seconds, 3), method=result.method,
                    preset=result.preset, seed=result.seeds[0], **(extra or {}))
-    tiles, labels = [], []
+    strip = []
     if out.clean is not None:
-        save_image(out.clean, out_dir / "clean.png")
-        tiles.append(out.clean)
-        labels.append("clean")
+        strip.append(("clean", out.clean))
     if out.measurement_image is not None:
-        save_image(out.measurement_image, out_dir / "measurement.png")
-        tiles.append(out.measurement_image)
-        labels.append("measurement" + (f" {metrics['psnr_measurement']:.2f} dB" if "psnr_measurement" in metrics else ""))
-    save_image(out.restoration, out_dir / "restoration.png")
-    tiles.append(out.restoration)
-    labels.append(f"{result.method}" + (f" {metrics['psnr']:.2f} dB" if "psnr" in metrics else ""))
-    save_pil(image_strip(tiles, labels), out_dir / "comparison.png")
-    plot_curves(result.history, out_dir / "curve.png", title=f"{result.method} ({out_dir.name})")
-    result.save(out_dir / "result.safetensors")
-    atomic_write_json(out_dir / "metrics.json", metrics)
+        strip.append(("measurement" + (f" {metrics['psnr_measurement']:.2f} dB" if "psnr_measurement" in metrics
+                                       else ""), out.measurement_image))
+    strip.append((f"{result.method}" + (f" {metrics['psnr']:.2f} dB" if "psnr" in metrics else ""), out.restoration))
+    images = {"clean": out.clean, "measurement": out.measurement_image, "restoration": out.restoration}
+    write_image_folder(out_dir, result, metrics, images={k: v for k, v in images.items() if v is not None},
+                       strip=strip, curve_title=f"{result.method} ({out_dir.name})", overwrite=overwrite)
     return metrics

@@ -134,7 +134,7 @@ def inverted(files, tmp_path_factory, shared):
 def test_invert_writes_every_file(inverted):
     expected = {"input.png", "reconstruction.png", "comparison.png", "metrics.json", "curve.png",
                 "result.safetensors", "result.json"}
-    assert sorted(p.name for p in inverted.iterdir()) == ["photo", "square"]  # no checkpoints left behind
+    assert sorted(p.name for p in inverted.iterdir()) == ["photo", "square"]  # no checkpoints, locks or temp folders
     for name in ("photo", "square"):
         folder = inverted / name
         assert {p.name for p in folder.iterdir()} == expected

@@ -252,3 +252,22 @@ def test_per_image_operators_apply_to_their_own_row() -> None:
     y = _PerImageOperator([op.A for op in ops])(x)
     assert torch.equal(y[0], ops[0].A(x[:1])[0]) and torch.equal(y[1], ops[1].A(x[1:])[0])
     assert not torch.allclose(y[1], ops[0].A(x[1:])[0])
+
+
+def test_images_with_the_same_stem_all_get_results(generator_path: Path, tmp_path: Path) -> None:
+    """a/face.png, b/face.png and c/face_1.png: three cells of their own (before, two shared
+    cells/…/face_1/ and the run exited 2 on every attempt without writing results.csv)."""
+    images = []
+    for i, (folder, name) in enumerate((("a", "face.png"), ("b", "face.png"), ("c", "face_1.png"))):
+        written = write_random_images(tmp_path / "in" / folder, 1, seed=i)[0]
+        images += ["--images", str(written.rename(written.with_name(name)))]
+    out = tmp_path / "out"
+    args = [sys.executable, "-m", "ganinvert.cli", "evaluate", "denoise", *images, "--methods", "w+", "--steps", "1",
+            "--shifts", "sigma0.1", "--no-lpips", "--threads", "1", "--grid-images", "0", "--generator",
+            str(generator_path), "--out", str(out)]
+    proc = subprocess.run(args, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    rows = read_results(out)
+    assert sorted(r["image"] for r in rows) == ["face", "face_1", "face_2"]
+    assert len({r["psnr"] for r in rows}) == 3  # three different images, not one scored twice
+

@@ -9,7 +9,7 @@ import torch
 
 from ganinvert.errors import GanInvertError
 from ganinvert.evaluation.suites import (SUITES, DomainSuite, GeometricSuite, ImageRef, make_suite,
-                                         resize_image)
+                                         resize_image, unique_image_refs)
 from ganinvert.tasks.geometry import affine_shift
 from ganinvert.io import save_image
 
@@ -170,3 +170,12 @@ def test_resize_is_antialiased() -> None:
     checker = (torch.arange(64)[:, None] + torch.arange(64)[None]) % 2 * 2.0 - 1  # +-1 checkerboard
     small = resize_image(checker.expand(1, 3, 64, 64).contiguous(), 16)
     assert small.abs().max() < 0.1  # averaged to grey, not aliased
+
+
+def test_image_refs_are_unique_safe_names(tmp_path: Path) -> None:
+    paths = [Path("a/face.png"), Path("b/face.png"), Path("c/face_1.png"), Path("d/...png"), Path("e/..png")]
+    names = [ref.name for ref in unique_image_refs(paths)]
+    # face_1 was given twice before (b/face's suffix and c/face_1's own name): one cell overwrote the other.
+    assert names == ["face", "face_2", "face_1", "_", "__1"]
+    assert [ref.path for ref in unique_image_refs(paths)] == paths
+
