@@ -6,6 +6,7 @@ Usage::
     python bench/speed.py --quick --json   # the acceptance run: < 5 min on 2 CPU cores, JSON on stdout
     python bench/speed.py                  # full tables (64/256/1024 px, batch 1/4/8) in markdown
     python bench/speed.py --device cuda    # the same on a GPU (synchronised timings, CUDA peak memory)
+    python bench/speed.py --precision      # the fp32 / bf16 table alone (~5 min on 2 CPU cores)
 
 Everything is timed as the median of interleaved repetitions (variants take turns, so a change
 of machine load hits all of them alike) after one untimed warm-up call each; progress goes to
@@ -21,6 +22,11 @@ stderr. What is measured:
   64 px area-downsampled images (the overhead criterion) and, in the full run, at the engine's
   own resolution policy;
 * peak memory of each call (CUDA: ``max_memory_allocated``; CPU: glibc's live heap, sampled);
+* the ``precision`` table (``--precision``, and in the full run): float32 against bfloat16
+  synthesis through the engine's path (``SynthesisInputs(ws).render(synthesis_generator(G,
+  dtype))``: a cast copy of G, float32 latents and gradients), the engine's w+ step end to end
+  (``invert(..., precision=...)``) and the bfloat16 image's error against float32, for the
+  bundled default generator and the 64 / 256 px configs; the CPU's bfloat16 flags are reported;
 * in the full run, the fast path's design choices one by one (bench/README.md).
 
 Generators have random weights of the real config-f shapes from
@@ -58,10 +64,13 @@ if str(REPO) not in sys.path:  # runnable from a checkout without `pip install -
     sys.path.insert(1, str(REPO))
 
 from ganinvert.inversion import invert, make_method  # noqa: E402
+from ganinvert.inversion.methods.base import InversionContext  # noqa: E402
+from ganinvert.inversion.methods.base import SynthesisInputs  # noqa: E402
 from ganinvert.metrics import LPIPS  # noqa: E402
-from ganinvert.models import stylegan2  # noqa: E402
+from ganinvert.models import load_generator, stylegan2  # noqa: E402
 from ganinvert.models.loading import infer_config  # noqa: E402
 from ganinvert.models.ops import make_kernel, tune_cpu_allocator  # noqa: E402
+from ganinvert.models.precision import NATIVE_BF16_CPU_FLAGS, cpu_flags, native_bf16, synthesis_generator  # noqa: E402
 from ganinvert.models.stylegan2 import StyleGAN2Generator, default_channels  # noqa: E402
 
 SHARED = REPO / ".." / "shared"
@@ -73,6 +82,8 @@ SHAPE_KEYS = {256: "size256_cm2", 512: "size512_cm2", 1024: "size1024_cm2"}
 TOLERANCE = 1e-4
 #: LPIPS resolution of the SPHInX overhead criterion (issue 7).
 OVERHEAD_LPIPS_SIZE = 64
+#: CPU flags the precision table reports: the native-bf16 ones and the vector units under them.
+REPORTED_CPU_FLAGS = (*NATIVE_BF16_CPU_FLAGS, "avx512f", "avx512_vnni", "amx_tile", "avx2")
 
 
 def log(message: str) -> None:
@@ -284,12 +295,53 @@ def wplus_step(G: StyleGAN2Generator, ws: torch.Tensor, impl: str) -> Callable[[
     return step
 
 
+def precision_step(G: StyleGAN2Generator, ws: torch.Tensor, dtype: torch.dtype) -> Callable[[], torch.Tensor]:
+    """One forward+backward with respect to float32 w+ through the engine's reduced-precision path:
+    ``SynthesisInputs(ws).render`` on ``synthesis_generator(G, dtype)`` (inputs cast in, image cast out)."""
+    renderer, inputs = synthesis_generator(G, dtype), SynthesisInputs(ws)
+
+    def step() -> torch.Tensor:
+        ws.grad = None
+        image = inputs.render(renderer)
+        image.square().mean().backward()
+        return image.detach()
+    return step
+
+
+def precision_error(G: StyleGAN2Generator, ws: torch.Tensor, dtype: torch.dtype) -> tuple[float, float]:
+    """Max abs difference (unclamped) and PSNR (clamped to [-1, 1], data range 2) of the ``dtype``
+    render of ``ws`` against the float32 one."""
+    with torch.no_grad():
+        reference = SynthesisInputs(ws.detach()).render(G)
+        reduced = SynthesisInputs(ws.detach()).render(synthesis_generator(G, dtype))
+    max_abs = float((reduced - reference).abs().max())
+    mse = float(((reduced.clamp(-1, 1) - reference.clamp(-1, 1)) / 2).square().mean())
+    return max_abs, (-10 * math.log10(mse) if mse > 0 else float("inf"))
+
+
+def engine_precision_step_seconds(G: StyleGAN2Generator, batch: int, lpips: nn.Module, precision: str,
+                                  steps: int = 3) -> list[float]:
+    """Seconds of steps 2..``steps`` of the engine's w+ (MSE + LPIPS) at ``precision``: callback gaps."""
+    g = torch.Generator().manual_seed(batch)
+    target = (torch.rand(batch, 3, G.resolution, G.resolution, generator=g) * 2 - 1).to(G.w_avg.device)
+    stamps: list[float] = []
+
+    def record(_progress: Any) -> None:
+        synchronize(G.w_avg.device)
+        stamps.append(time.perf_counter())
+
+    invert(G, target, "w+", settings={"steps": steps}, lpips=lpips, seed=0, progress=False, callback=record,
+           precision=precision)
+    return [b - a for a, b in zip(stamps, stamps[1:])]
+
+
 def sphinx_synthesis_step(G: StyleGAN2Generator, batch: int, impl: str, seed: int) -> Callable[[], None]:
     """One forward+backward through SPHInX's inputs (heads, fresh z+ draw, noise) and the generator."""
     method = make_method("sphinx")
     rngs = [torch.Generator().manual_seed(seed + i) for i in range(batch)]
     target = torch.zeros(batch, 3, G.resolution, G.resolution, device=G.w_avg.device)
-    params = method.init_params(G, target, rngs)
+    ctx = InversionContext(G=G, rngs=rngs, measurement=target, image=target)
+    params = method.init_params(ctx)
     trained = set(method.stages(G)[0].names)
     for name, tensor in params.items():
         tensor.requires_grad_(name in trained)
@@ -297,7 +349,7 @@ def sphinx_synthesis_step(G: StyleGAN2Generator, batch: int, impl: str, seed: in
     def step() -> None:
         for tensor in params.values():
             tensor.grad = None
-        method.inputs(G, params, rngs).render(G, impl=impl).square().mean().backward()
+        method.inputs(ctx, params).render(G, impl=impl).square().mean().backward()
     return step
 
 
@@ -397,13 +449,18 @@ class Bench:
         self.figures: dict[str, Any] = {}
         self.choices: dict[str, Any] = {}
         self.notes: list[str] = []
-        self.generators: dict[int, StyleGAN2Generator] = {}
+        self.generators: dict[int | str, StyleGAN2Generator] = {}
+        self.precision: list[dict[str, Any]] = []
         self.lpips, lpips_note = build_lpips(self.device)
         self.notes.append(lpips_note)
 
-    def generator(self, size: int) -> StyleGAN2Generator:
+    def generator(self, size: int | str) -> StyleGAN2Generator:
+        """The random generator of ``size`` px, or with ``"default"`` the bundled (trained) one."""
         if size not in self.generators:
-            G, where = build_generator(size, self.device, seed=size, tiny=self.args.tiny)
+            if size == "default":
+                G, where = load_generator("default", self.device), "default: the bundled 64 px face generator"
+            else:
+                G, where = build_generator(size, self.device, seed=size, tiny=self.args.tiny)
             self.generators[size] = G
             self.notes.append(f"generator {where}")
         return self.generators[size]
@@ -482,6 +539,37 @@ class Bench:
         log(f"SPHInX step overhead at {size}px (LPIPS {label}): {overhead:+.1%}")
         return overhead
 
+    def precision_row(self, which: int | str, batch: int, reps: int) -> dict[str, Any]:
+        """float32 vs bfloat16 for one generator and batch: synthesis fwd+bwd and the engine's w+ step,
+        each interleaved, and the bfloat16 image's error."""
+        G = self.generator(which)
+        label = "default" if which == "default" else f"{which} px {'tiny' if self.args.tiny else 'config'}"
+        ws = latents(G, batch, seed=batch)
+        max_abs, psnr = precision_error(G, ws, torch.bfloat16)
+        log(f"precision {label} b{batch}: bf16 vs fp32 image max abs {max_abs:.3g}, PSNR {psnr:.1f} dB")
+        synthesis = interleaved({name: precision_step(G, ws, dtype) for name, dtype in
+                                 (("fp32", torch.float32), ("bf16", torch.bfloat16))}, reps, self.device)
+        engine = {name: Timing(name) for name in ("fp32", "bf16")}
+        for name in engine:  # warm-up (and the one-off cast copy of G)
+            engine_precision_step_seconds(G, batch, self.lpips, name, steps=2)
+        for rep in range(reps):
+            for name, timing in engine.items():
+                timing.seconds += engine_precision_step_seconds(G, batch, self.lpips, name)
+            log(f"  engine rep {rep + 1}/{reps}: " + ", ".join(f"{n} {t.seconds[-1]:.3f}s" for n, t in engine.items()))
+        row = {"generator": label, "size": G.resolution, "batch": batch,
+               "synthesis_fp32_s": synthesis["fp32"].median, "synthesis_bf16_s": synthesis["bf16"].median,
+               "synthesis_bf16_speedup": synthesis["fp32"].median / synthesis["bf16"].median,
+               "engine_step_fp32_s": engine["fp32"].median, "engine_step_bf16_s": engine["bf16"].median,
+               "engine_step_bf16_speedup": engine["fp32"].median / engine["bf16"].median,
+               "bf16_max_abs_err": max_abs, "bf16_psnr_db": psnr,
+               "reps": reps, "engine_steps_timed": len(engine["fp32"].seconds)}
+        log(f"precision {label} b{batch}: synthesis fp32 {row['synthesis_fp32_s']:.4f}s bf16 "
+            f"{row['synthesis_bf16_s']:.4f}s ({row['synthesis_bf16_speedup']:.2f}x); engine step fp32 "
+            f"{row['engine_step_fp32_s']:.4f}s bf16 {row['engine_step_bf16_s']:.4f}s "
+            f"({row['engine_step_bf16_speedup']:.2f}x)")
+        self.precision.append(row)
+        return row
+
     def lpips_cost(self, sizes: list[int], batch: int, reps: int) -> None:
         variants = {f"lpips {s}": lpips_step(self.lpips, batch, s, self.device) for s in sizes}
         log(f"LPIPS forward+backward at {sizes} px, batch {batch}")
@@ -498,6 +586,20 @@ def run_quick(bench: Bench) -> None:
     bench.lpips_cost([OVERHEAD_LPIPS_SIZE, big], 1, reps)
     bench.figures[f"sphinx_overhead_{big}"] = bench.sphinx_overhead(big, reps, OVERHEAD_LPIPS_SIZE)
     headline(bench, big)
+
+
+def run_precision(bench: Bench) -> None:
+    """The fp32 / bf16 table: the bundled generator and the 64 px config at batch 1 and 8, 256 px at batch 1."""
+    reps = bench.args.reps or 3
+    small, big = (32, 64) if bench.args.tiny else (64, 256)  # LPIPS (engine step) needs >= 31 px
+    if bench.device.type == "cpu" and not native_bf16(bench.device):
+        bench.notes.append("this CPU has no native bfloat16 (no avx512_bf16 / amx_bf16 flag): bf16 is emulated")
+    for which, batch in (("default", 1), ("default", 8), (small, 1), (small, 8), (big, 1)):
+        row = bench.precision_row(which, batch, reps)
+        key = f"{'default' if which == 'default' else which}_b{batch}"
+        bench.figures[f"bf16_synthesis_speedup_{key}"] = row["synthesis_bf16_speedup"]
+        bench.figures[f"bf16_engine_speedup_{key}"] = row["engine_step_bf16_speedup"]
+        bench.figures[f"bf16_psnr_{key}"] = row["bf16_psnr_db"]
 
 
 def run_full(bench: Bench) -> None:
@@ -520,6 +622,7 @@ def run_full(bench: Bench) -> None:
         bench.figures[f"sphinx_overhead_{big}_engine_lpips"] = bench.sphinx_overhead(big, reps, None)
         if not args.no_choices:
             design_choices(bench, big, reps)
+    run_precision(bench)
     headline(bench, big)
 
 
@@ -717,6 +820,9 @@ def environment(args: argparse.Namespace, device: torch.device) -> dict[str, Any
     env = {"torch": torch.__version__, "device": str(device), "cpu": cpu, "cpu_count": os.cpu_count(),
            "threads": torch.get_num_threads(), "allocator": args.allocator, "quick": args.quick,
            "load_average_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None}
+    flags = cpu_flags()
+    env["cpu_flags"] = {flag: flag in flags for flag in REPORTED_CPU_FLAGS}
+    env["native_bf16"] = native_bf16(device)
     if device.type == "cuda":
         env["gpu"] = torch.cuda.get_device_name(device)
     return env
@@ -725,7 +831,7 @@ def environment(args: argparse.Namespace, device: torch.device) -> dict[str, Any
 def markdown(result: dict[str, Any]) -> str:
     lines = ["## Environment", "", "```", json.dumps(result["environment"], indent=1), "```", "",
              "## Headline figures", ""]
-    figures = {k: v for k, v in result.items() if k not in ("environment", "rows", "choices", "notes")}
+    figures = {k: v for k, v in result.items() if k not in ("environment", "rows", "choices", "notes", "precision")}
     lines += [f"- `{k}`: {v:.4g}" if isinstance(v, float) else f"- `{k}`: {v}" for k, v in figures.items()]
     lines += ["", "## Timings (median seconds)", "", "| what | px | batch | impl | s | s/image | peak MiB | reps |",
               "|---|---|---|---|---|---|---|---|"]
@@ -733,6 +839,19 @@ def markdown(result: dict[str, Any]) -> str:
         mem = "-" if r["peak_mb"] is None else f"{r['peak_mb']:.0f}"
         lines.append(f"| {r['what']} | {r['size']} | {r['batch']} | {r['impl']} | {r['seconds']:.3f} | "
                      f"{r['per_image']:.3f} | {mem} | {r['reps']} |")
+    if result.get("precision"):
+        flags = result["environment"]["cpu_flags"]
+        lines += ["", "## Precision: float32 vs bfloat16 (median seconds per step, interleaved)", "",
+                  "CPU flags: " + ", ".join(f"{k} {'yes' if v else 'no'}" for k, v in flags.items())
+                  + f"; native bf16: {'yes' if result['environment']['native_bf16'] else 'no'}", "",
+                  "| generator | px | batch | synthesis fp32 s | bf16 s | bf16 speedup | engine w+ step fp32 s | "
+                  "bf16 s | bf16 speedup | bf16 image max abs err | bf16 image PSNR dB |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|"]
+        for r in result["precision"]:
+            lines.append(f"| {r['generator']} | {r['size']} | {r['batch']} | {r['synthesis_fp32_s']:.4f} | "
+                         f"{r['synthesis_bf16_s']:.4f} | {r['synthesis_bf16_speedup']:.2f} | "
+                         f"{r['engine_step_fp32_s']:.4f} | {r['engine_step_bf16_s']:.4f} | "
+                         f"{r['engine_step_bf16_speedup']:.2f} | {r['bf16_max_abs_err']:.3g} | {r['bf16_psnr_db']:.1f} |")
     if result["choices"]:
         lines += ["", "## Design choices (time relative to the first variant of each group)", ""]
         for group, entries in result["choices"].items():
@@ -752,6 +871,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="the acceptance figures only (< 5 min on 2 CPU cores)")
+    parser.add_argument("--precision", action="store_true",
+                        help="the float32 / bfloat16 table only (also part of the full run)")
     parser.add_argument("--json", action="store_true", help="print one JSON object on stdout instead of markdown")
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:index] (default: cpu)")
     parser.add_argument("--threads", default="auto",
@@ -803,12 +924,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         run_synthesis_only(bench, args.quick_synthesis)
     elif args.quick:
         run_quick(bench)
+    elif args.precision:
+        run_precision(bench)
     else:
         run_full(bench)
     env["load_average_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
     env["wall_seconds"] = time.perf_counter() - started
     result = {**bench.figures, "environment": env, "rows": [asdict(r) for r in bench.rows],
-              "choices": bench.choices, "notes": bench.notes}
+              "choices": bench.choices, "precision": bench.precision, "notes": bench.notes}
     print(json.dumps(result, indent=1) if args.json else markdown(result), flush=True)
     worst = bench.figures.get("max_abs_err")
     if worst is not None and not worst <= TOLERANCE:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
 
 from ganinvert.io import atomic_torch_save
 from ganinvert.models import load_generator

@@ -23,6 +23,13 @@ from ..metrics import psnr, ssim
 from ..models.stylegan2 import StyleGAN2Generator
 
 
+def perturbation_sigma(ws: torch.Tensor, snr_db: float) -> torch.Tensor:
+    """Per image, the std of the Gaussian noise that perturbs ``ws`` (N, ...) at ``snr_db``:
+    ``sqrt(mean(ws**2) / 10**(snr_db / 10))``."""
+    power = ws.square().reshape(ws.shape[0], -1).mean(1)
+    return (power / 10 ** (snr_db / 10)).sqrt()
+
+
 @torch.no_grad()
 def latent_robustness(G: StyleGAN2Generator, result: InversionResult, snr_db: Sequence[float], *,
                       trials: int = 8, seed: int = 0, lpips: torch.nn.Module | None = None) -> list[dict]:
@@ -30,11 +37,10 @@ def latent_robustness(G: StyleGAN2Generator, result: InversionResult, snr_db: Se
     inputs = result.inputs(G)
     clean = check_finite(inputs.render(G), f"the render of this {result.method} result")
     ws = inputs.ws
-    power = ws.square().reshape(ws.shape[0], -1).mean(1)
     g = torch.Generator().manual_seed(check_seed(seed))
     rows = []
     for level in snr_db:
-        sigma = (power / 10 ** (level / 10)).sqrt()
+        sigma = perturbation_sigma(ws, level)
         for trial in range(trials):
             noise = torch.randn(ws.shape, generator=g).to(ws)
             inputs.ws = ws + sigma[:, None, None] * noise

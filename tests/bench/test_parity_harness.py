@@ -4,7 +4,6 @@ $GANINVERT_PARITY_ROSINALITY names a local tree of rosinality/stylegan2-pytorch.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
