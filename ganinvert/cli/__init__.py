@@ -13,10 +13,10 @@ from typing import Sequence
 
 import click
 
-from . import evaluate, invert, tasks, train, train_inverter
+from . import align, demo, evaluate, invert, reproduce, tasks, train, train_inverter, ui
 from .common import run
 
-COMMAND_MODULES = (invert, tasks, evaluate, train, train_inverter)
+COMMAND_MODULES = (invert, demo, tasks, evaluate, reproduce, train, train_inverter, align, ui)
 
 
 @click.group()
