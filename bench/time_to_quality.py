@@ -306,7 +306,8 @@ class Bench:
         steps = self.args.steps
         fz_steps = {} if steps == 1000 else {"steps": steps}  # fz+ keeps its preset's 1200 steps in full runs
         return {
-            "reference": (RosinalityProjector(ProjectorSettings(steps=steps)), "fp32", {}),
+            "reference": (RosinalityProjector(ProjectorSettings(steps=steps, lambda_mse=self.args.reference_mse)),
+                          "fp32", {}),
             "w+ fp32": ("w+", "fp32", {"steps": steps}),
             "w+ bf16": ("w+", "bf16", {"steps": steps}),
             "w+ encoder bf16": ("w+", "bf16", {"steps": steps, "init": "encoder"}),
@@ -340,6 +341,8 @@ class Bench:
             for config, (method, precision, settings) in configs.items():
                 spec = {"image": name, "order": order, "config": config, "precision": precision,
                         "steps": self.args.steps, "threads": torch.get_num_threads()}
+                if self.args.reference_mse:  # a variant of the reference: its own cells
+                    spec["reference_mse"] = self.args.reference_mse
                 if config == "reference":
                     reference = self.cells.run("timing", f"{name}-{config}", spec,
                                                lambda: self.timed_run(method, precision, settings, image, None))
@@ -366,8 +369,9 @@ def accuracy_report(cells: Cells, speed: dict[str, Any] | None) -> tuple[dict[st
     methods, lines = {}, ["# Precision: bfloat16 against float32", ""]
     if speed is not None:
         env = speed.get("environment", {})
+        loads = [[round(v, 2) for v in env.get(k) or []] for k in ("load_average_start", "load_average_end")]
         lines += [f"Speed: `python bench/speed.py --precision` (threads {env.get('threads')}, load "
-                  f"{env.get('load_average_start')} -> {env.get('load_average_end')}); CPU flags: "
+                  f"{loads[0]} -> {loads[1]}); CPU flags: "
                   + ", ".join(f"{k} {'yes' if v else 'no'}" for k, v in env.get("cpu_flags", {}).items()), "",
                   "| generator | px | batch | synthesis fp32 s | bf16 s | speedup | engine w+ step fp32 s | bf16 s | "
                   "speedup | bf16 image max abs err | bf16 image PSNR dB |", "|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -421,6 +425,8 @@ def steps_report(cells: Cells) -> tuple[dict[str, Any], list[str]]:
     steps = encoder["spec"]["steps"]
     out: dict[str, Any] = {"steps": steps, "baselines": {}}
     lines = ["## Steps to quality: `w+` init=encoder against init=w_avg", "",
+             f"(batched accuracy cells; wall {encoder['seconds']:.0f} s, 1-min load average "
+             f"{encoder['load_average_start'][0]:.1f} at the start of the encoder run)", "",
              f"First step at which the encoder-started `w+` (bf16) reaches the w_avg-started run's {steps}-step PSNR "
              f"of the same image, / {steps} (per-image curves of one batched run each; 'not reached' counts as 1). "
              f"Acceptance: median <= {STEPS_FRACTION_LIMIT['generated']} on generated, "
@@ -488,9 +494,14 @@ def timing_report(cells: Cells) -> tuple[dict[str, Any], list[str]]:
               if s["median_ratio"] is not None and math.isfinite(s["median_ratio"])}
     best = min(finite, key=finite.get) if finite else None
     met = best is not None and finite[best] <= TIME_RATIO_LIMIT
+    loads = [v for c in timing_cells for v in (c["load_average_start"][:1] + c["load_average_end"][:1])]
+    threads = sorted({c["spec"]["threads"] for c in timing_cells})
+    reference_mse = timing_cells[0]["spec"].get("reference_mse", 0.0)
     lines = ["## Wall-clock time to the rosinality projector's PSNR", "",
              "Per image (batch 1, interleaved per image): seconds from the `invert` call to the first step whose PSNR "
-             "reaches the reference's last-step PSNR, and that time / the reference's wall time (1000 steps).", "",
+             "reaches the reference's last-step PSNR, and that time / the reference's wall time (1000 steps). "
+             f"Reference MSE weight {reference_mse:g} (projector.py `--mse`); torch threads {threads}; 1-min load "
+             f"average {min(loads):.1f}–{max(loads):.1f} during these runs.", "",
              "| image | target PSNR | reference s | " + " | ".join(others) + " |",
              "|---|---|---|" + "---|" * len(others)]
     for image, r in table.items():
@@ -511,12 +522,17 @@ def timing_report(cells: Cells) -> tuple[dict[str, Any], list[str]]:
                      f"{s['reached']}/{s['of']} |")
     lines += ["", f"Best ganinvert configuration: {best} ({fmt(finite.get(best), '.3f')}x the reference's wall time); "
               f"acceptance (<= {TIME_RATIO_LIMIT}x) {'met' if met else 'NOT met'}.", ""]
-    return {"images": table, "summary": summary, "best": best, "met": met}, lines
+    return {"images": table, "summary": summary, "best": best, "met": met, "reference_mse": reference_mse,
+            "threads": threads, "load_average_range": [min(loads), max(loads)]}, lines
 
 
 def write_reports(args: argparse.Namespace, env: dict[str, Any]) -> None:
     cells = Cells(args.out)
-    speed = json.loads(args.speed_json.read_text()) if args.speed_json and args.speed_json.is_file() else None
+    speed = None
+    if args.speed_json is not None:
+        speed = json.loads(args.speed_json.read_text())
+    elif (args.results / "precision.json").is_file():  # keep the speed table an earlier report included
+        speed = json.loads((args.results / "precision.json").read_text()).get("speed")
     precision, precision_md = accuracy_report(cells, speed)
     steps, steps_lines = steps_report(cells)
     timing, timing_lines = timing_report(cells)
@@ -537,6 +553,7 @@ def environment(args: argparse.Namespace) -> dict[str, Any]:
     return {"torch": torch.__version__, "threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
             "cpu_flags": {f: f in flags for f in (*NATIVE_BF16_CPU_FLAGS, "avx512f")},
             "load_average_now": load_average(), "steps": args.steps, "images": args.images,
+            "reference_mse": args.reference_mse,
             "command": " ".join(["python", "bench/time_to_quality.py", *sys.argv[1:]])}
 
 
@@ -557,7 +574,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--methods", type=lambda s: s.split(","), default=list(ACCURACY_METHODS))
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1)")
     parser.add_argument("--speed-json", type=Path, default=None,
-                        help="output of `bench/speed.py --precision --json` to include in precision.md")
+                        help="output of `bench/speed.py --precision --json` to include in precision.md "
+                             "(default: the table the existing precision.json holds)")
+    parser.add_argument("--reference-mse", type=float, default=0.0,
+                        help="MSE weight of the reference (projector.py --mse; default 0, its default)")
     args = parser.parse_args(argv)
     if args.quick:
         args.images, args.steps, args.methods = min(args.images, 2), 10, ["w+"]
